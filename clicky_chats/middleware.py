@@ -1,0 +1,140 @@
+"""The one middleware on the API path: request ids, the body limit, bearer auth and the error envelope.
+
+It is written async-native (no MiddlewareMixin thread hop) because it runs on the chat proxy's hot
+path. Admin requests get Django's session/auth/messages stack, which the API never needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponseBase
+
+from clicky_chats import auth
+from clicky_chats.errors import ApiError
+
+log = logging.getLogger("clicky_chats.request")
+
+# Paths under /v1 anyone may read: the API's own description.
+PUBLIC_PATHS = ("/v1/openapi.yaml", "/v1/docs")
+
+
+def api_tier(path: str) -> str | None:
+    """Which API tier a path belongs to, or None when it is not an API path."""
+    if path.startswith("/v1/rubra/x/") or path == "/v1/rubra/x":
+        return "rubrax"
+    if path.startswith("/v1/rubra/") or path == "/v1/rubra":
+        return "rubra"
+    if path.startswith("/v1/") or path == "/v1":
+        return "v1"
+    return None
+
+
+class ApiMiddleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+        self.admin_chain = SessionMiddleware(AuthenticationMiddleware(MessageMiddleware(get_response)))
+        self.ring = auth.KeyRing()
+        if not settings.CONFIG.api_keys:
+            log.debug("no API keys in CLICKY_CHATS_API_KEYS; keys made with createapikey still apply")
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self._acall(request)
+        request_id = _start(request)
+        early = self._check_limits(request)
+        if early is None and request.api_tier and not request.path_info.startswith(PUBLIC_PATHS):
+            token = auth.bearer_token(request.headers.get("Authorization", ""))
+            project = auth.resolve_fast(self.ring, token) or auth.resolve_slow(self.ring, token)
+            early = self._authorize(request, project)
+        if early is not None:
+            return _finish(early, request_id)
+        handler = self.admin_chain if request.path_info.startswith("/admin") else self.get_response
+        return _finish(handler(request), request_id)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        request_id = _start(request)
+        early = self._check_limits(request)
+        if early is None and request.api_tier and not request.path_info.startswith(PUBLIC_PATHS):
+            token = auth.bearer_token(request.headers.get("Authorization", ""))
+            project = auth.resolve_fast(self.ring, token)
+            if project is None:
+                project = await sync_to_async(auth.resolve_slow)(self.ring, token)
+            early = self._authorize(request, project)
+        if early is not None:
+            return _finish(early, request_id)
+        if request.path_info.startswith("/admin"):
+            return _finish(await self.admin_chain(request), request_id)
+        return _finish(await self.get_response(request), request_id)
+
+    def _check_limits(self, request: HttpRequest) -> HttpResponseBase | None:
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        try:
+            declared = int(length)
+        except ValueError:
+            return ApiError("Content-Length is not a number.", status=400).response()
+        if declared > settings.CONFIG.max_request_bytes:
+            return _too_large().response()
+        return None
+
+    def _authorize(self, request: HttpRequest, project: str | None) -> HttpResponseBase | None:
+        if project is None:
+            has_header = bool(request.headers.get("Authorization"))
+            message = (
+                "Incorrect API key provided. You can make a key with `manage.py createapikey`."
+                if has_header
+                else "You didn't provide an API key. Send it in the Authorization header as 'Bearer YOUR_KEY'."
+            )
+            return ApiError(message, status=401, code="invalid_api_key").response()
+        request.project = project
+        return None
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponseBase | None:
+        if isinstance(exception, ApiError):
+            return exception.response()
+        if isinstance(exception, RequestDataTooBig):
+            return _too_large().response()
+        if getattr(request, "api_tier", None) is None and settings.DEBUG:
+            return None  # outside the API, let Django's debug page show it
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return ApiError("The server had an error while processing your request.", status=500).response()
+
+
+def _too_large() -> ApiError:
+    limit = settings.CONFIG.max_request_bytes
+    return ApiError(
+        f"Request body is larger than the limit of {limit} bytes (CLICKY_CHATS_MAX_REQUEST_BYTES).",
+        status=413,
+        code="request_too_large",
+    )
+
+
+def _start(request: HttpRequest) -> str:
+    request_id = "req_" + uuid.uuid4().hex
+    request.request_id = request_id
+    request.api_tier = api_tier(request.path_info)
+    request.project = None
+    return request_id
+
+
+def _finish(response: HttpResponseBase, request_id: str) -> HttpResponseBase:
+    response["x-request-id"] = request_id
+    return response
+
+
+AsyncHandler = Callable[[HttpRequest], Awaitable[HttpResponseBase]]

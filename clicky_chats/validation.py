@@ -1,0 +1,155 @@
+"""Reading JSON request bodies and checking known fields by type, range and enum, as the OpenAI spec
+does. Unknown fields are left alone: clients such as the Rubra UI echo fields back."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+from django.http import HttpRequest
+
+from clicky_chats.errors import ApiError
+
+Rule = Callable[[Any, str], None]
+
+METADATA_MAX_PAIRS = 16
+METADATA_MAX_KEY = 64
+METADATA_MAX_VALUE = 512
+
+
+def read_json(request: HttpRequest) -> dict[str, Any]:
+    content_type = request.content_type or ""
+    if content_type and not content_type.endswith("json"):
+        raise ApiError(
+            f"Unsupported content type '{content_type}'; send the body as application/json.",
+            status=415,
+            code="unsupported_media_type",
+        )
+    try:
+        body = orjson.loads(request.body or b"")
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(
+            f"We could not parse the JSON body of your request ({exc}). Send valid JSON.",
+            status=400,
+            code="invalid_json",
+        ) from None
+    if not isinstance(body, dict):
+        raise ApiError("The request body must be a JSON object.", status=400, code="invalid_json")
+    return body
+
+
+def invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
+    return ApiError(f"Invalid value for '{param}': {message}", status=400, param=param, code=code)
+
+
+def check(body: dict[str, Any], rules: dict[str, Rule], *, required: Iterable[str] = ()) -> None:
+    for name in required:
+        if body.get(name) is None:
+            raise ApiError(
+                f"Missing required parameter: '{name}'.", status=400, param=name, code="missing_required_parameter"
+            )
+    for name, rule in rules.items():
+        if name in body and body[name] is not None:
+            rule(body[name], name)
+
+
+def string(*, enum: Iterable[str] | None = None, nonempty: bool = False, max_length: int | None = None) -> Rule:
+    allowed = tuple(enum) if enum is not None else None
+
+    def rule(value: Any, name: str) -> None:
+        if not isinstance(value, str):
+            raise invalid(name, "expected a string.", "invalid_type")
+        if nonempty and not value:
+            raise invalid(name, "expected a non-empty string.")
+        if max_length is not None and len(value) > max_length:
+            raise invalid(name, f"expected at most {max_length} characters, got {len(value)}.")
+        if allowed is not None and value not in allowed:
+            raise invalid(name, f"'{value}' is not one of {', '.join(repr(a) for a in allowed)}.")
+
+    return rule
+
+
+def number(*, minimum: float | None = None, maximum: float | None = None, integer: bool = False) -> Rule:
+    def rule(value: Any, name: str) -> None:
+        kinds = (int,) if integer else (int, float)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, kinds)
+            or (isinstance(value, float) and not math.isfinite(value))
+        ):
+            raise invalid(name, "expected an integer." if integer else "expected a number.", "invalid_type")
+        if minimum is not None and value < minimum:
+            raise invalid(name, f"{value} is below the minimum of {minimum}.")
+        if maximum is not None and value > maximum:
+            raise invalid(name, f"{value} is above the maximum of {maximum}.")
+
+    return rule
+
+
+def integer(*, minimum: int | None = None, maximum: int | None = None) -> Rule:
+    return number(minimum=minimum, maximum=maximum, integer=True)
+
+
+def boolean() -> Rule:
+    def rule(value: Any, name: str) -> None:
+        if not isinstance(value, bool):
+            raise invalid(name, "expected a boolean.", "invalid_type")
+
+    return rule
+
+
+def obj() -> Rule:
+    def rule(value: Any, name: str) -> None:
+        if not isinstance(value, dict):
+            raise invalid(name, "expected an object.", "invalid_type")
+
+    return rule
+
+
+def array(*, min_items: int = 0, max_items: int | None = None, items: Rule | None = None) -> Rule:
+    def rule(value: Any, name: str) -> None:
+        if not isinstance(value, list):
+            raise invalid(name, "expected an array.", "invalid_type")
+        if len(value) < min_items:
+            raise invalid(
+                name, f"expected at least {min_items} item(s).", "empty_array" if min_items == 1 else "invalid_value"
+            )
+        if max_items is not None and len(value) > max_items:
+            raise invalid(name, f"expected at most {max_items} items, got {len(value)}.")
+        if items is not None:
+            for index, item in enumerate(value):
+                items(item, f"{name}[{index}]")
+
+    return rule
+
+
+def any_of(*rules: Rule, expected: str) -> Rule:
+    def rule(value: Any, name: str) -> None:
+        for candidate in rules:
+            try:
+                candidate(value, name)
+                return
+            except ApiError:
+                continue
+        raise invalid(name, f"expected {expected}.", "invalid_type")
+
+    return rule
+
+
+def metadata() -> Rule:
+    def rule(value: Any, name: str) -> None:
+        if not isinstance(value, dict):
+            raise invalid(name, "expected an object of string keys and string values.", "invalid_type")
+        if len(value) > METADATA_MAX_PAIRS:
+            raise invalid(name, f"at most {METADATA_MAX_PAIRS} pairs are allowed, got {len(value)}.")
+        for key, item in value.items():
+            if len(key) > METADATA_MAX_KEY:
+                raise invalid(name, f"key '{key[:70]}' is longer than {METADATA_MAX_KEY} characters.")
+            if not isinstance(item, str):
+                raise invalid(f"{name}.{key}", "expected a string.", "invalid_type")
+            if len(item) > METADATA_MAX_VALUE:
+                raise invalid(f"{name}.{key}", f"values are at most {METADATA_MAX_VALUE} characters.")
+
+    return rule

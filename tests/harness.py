@@ -1,0 +1,158 @@
+"""Starting the real stack for tests and benchmarks: a database, and `manage.py serve` processes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Database:
+    """One database for a server: a temporary SQLite file, or a fresh database on a PostgreSQL."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._pgserver: Any = None
+        self._pg_admin_dsn: str | None = None
+
+    def start(self) -> Database:
+        if self.kind == "postgres":
+            explicit = os.environ.get("CLICKY_CHATS_TEST_PG_DSN")
+            if explicit:
+                self._pg_admin_dsn = explicit
+            else:
+                import pgserver
+
+                data = tempfile.mkdtemp(prefix="clicky-pg-")
+                self._pgserver = pgserver.get_server(data, cleanup_mode="stop")
+                socket_dir = urllib.parse.parse_qs(urllib.parse.urlparse(self._pgserver.get_uri()).query)["host"][0]
+                self._pg_admin_dsn = f"postgres://postgres@{urllib.parse.quote(socket_dir, safe='')}/postgres"
+        return self
+
+    def new_dsn(self, directory: Path) -> str:
+        """A DSN for a database nobody else uses."""
+        if self.kind == "sqlite":
+            return f"sqlite:///{directory / 'clicky-chats.db'}"
+        import psycopg
+
+        name = "clicky_test_" + secrets.token_hex(6)
+        admin = _to_conninfo(self._pg_admin_dsn or "")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        parsed = urllib.parse.urlparse(self._pg_admin_dsn)
+        return urllib.parse.urlunparse(parsed._replace(path="/" + name))
+
+    def stop(self) -> None:
+        if self._pgserver is not None:
+            self._pgserver.cleanup()
+
+
+def _to_conninfo(dsn: str) -> str:
+    """psycopg takes URLs, but not a percent-encoded socket path as host; spell it out."""
+    parsed = urllib.parse.urlparse(dsn)
+    host = urllib.parse.unquote(parsed.hostname or "") if parsed.hostname else ""
+    if parsed.netloc.split("@")[-1].startswith("%2F") or parsed.netloc.split("@")[-1].startswith("%2f"):
+        host = urllib.parse.unquote(parsed.netloc.split("@")[-1].split(":")[0])
+    parts = [f"dbname={parsed.path.lstrip('/') or 'postgres'}", f"user={parsed.username or 'postgres'}"]
+    if host:
+        parts.append(f"host={host}")
+    if parsed.port:
+        parts.append(f"port={parsed.port}")
+    if parsed.password:
+        parts.append(f"password={parsed.password}")
+    return " ".join(parts)
+
+
+class ServerProcess:
+    """`manage.py serve` in a subprocess with its own data dir, database and environment."""
+
+    def __init__(
+        self,
+        database: Database,
+        upstream_url: str,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        with_agents: bool = True,
+        migrate: bool = True,
+    ) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="clicky-server-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workers = workers
+        self.with_agents = with_agents
+        self.migrate = migrate
+        self.env = {
+            **os.environ,
+            "CLICKY_CHATS_DSN": database.new_dsn(self.directory),
+            "CLICKY_CHATS_DATA_DIR": str(self.directory / "data"),
+            "CLICKY_CHATS_MODEL_BASE_URL": upstream_url,
+            "CLICKY_CHATS_MODEL_API_KEY": "sk-upstream-secret",
+            "CLICKY_CHATS_MODEL_TIMEOUT_S": "3",
+            "CLICKY_CHATS_SECRET_KEY": "test-secret-" + secrets.token_hex(8),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.directory / "server.log"
+
+    def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
+        )
+
+    def start(self) -> ServerProcess:
+        if self.migrate:
+            self.manage("migrate", "--noinput")
+        command = [sys.executable, "manage.py", "serve", "--port", str(self.port), "--workers", str(self.workers)]
+        if self.with_agents:
+            command.append("--with-agents")
+        log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"the server did not become healthy:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
