@@ -27,6 +27,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
 
     from agents.loop import AgentLoop
     from clicky_chats import auth
+    from clicky_chats.config import env_bool
 
     agents: AgentLoop | None = None
     while True:
@@ -39,7 +40,8 @@ async def _lifespan(receive: Any, send: Any) -> None:
                         "no API keys are configured: the API is open to anyone who can reach it, as the "
                         "project 'default'. Set CLICKY_CHATS_API_KEYS or run `manage.py createapikey`."
                     )
-            if settings.CONFIG.with_agents:
+            # Read at start-up, not from CONFIG: `serve --with-agents` sets it after settings loaded.
+            if env_bool("CLICKY_CHATS_WITH_AGENTS", False):
                 agents = AgentLoop(name="in-process agent")
                 agents.start_in_thread()
             await send({"type": "lifespan.startup.complete"})
