@@ -2,7 +2,8 @@
 
 Tests queue replies per path (`fake.script("chat/completions", Reply.stream([...]))`); a path with
 nothing queued gets a sensible default answer, so a test scripts only what it is about. Every
-request is recorded. Run it alone with `python -m tests.fake_upstream --port 9100 --latency-ms 20`.
+request is recorded (unless `record=False`: a long benchmark run would otherwise keep every request
+in memory). Run it alone with `python -m tests.fake_upstream --port 9100 --latency-ms 20`.
 """
 
 from __future__ import annotations
@@ -172,8 +173,19 @@ def fake_embedding(text: str, dimensions: int = 8) -> list[float]:
 
 
 class FakeUpstream:
-    def __init__(self, *, latency_s: float = 0.0, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        latency_s: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        record: bool = True,
+        stream_interval_s: float = 0.0,
+    ) -> None:
         self.latency_s = latency_s
+        self.record = record
+        # Pacing of the default (unscripted) chat stream, so a benchmark can tell relaying from buffering.
+        self.stream_interval_s = stream_interval_s
         self.host = host
         self.port = port
         self.requests: list[Recorded] = []
@@ -245,7 +257,8 @@ class FakeUpstream:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.match_info["path"].strip("/")
         body = await request.read()
-        self.requests.append(Recorded(request.method, path, dict(request.headers), body, dict(request.query)))
+        if self.record:
+            self.requests.append(Recorded(request.method, path, dict(request.headers), body, dict(request.query)))
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         queue = self.queues.get(path)
@@ -318,7 +331,10 @@ class FakeUpstream:
                 )
             if payload.get("stream"):
                 usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-                return Reply.stream(text_stream("Hello from the fake upstream.", model=model, usage=usage))
+                return Reply.stream(
+                    text_stream("Hello from the fake upstream.", model=model, usage=usage),
+                    interval_s=self.stream_interval_s,
+                )
             return Reply.json(chat_completion(model=model))
         if path == "completions":
             return Reply.json(
@@ -401,8 +417,16 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--stream-interval-ms", type=float, default=0.0, help="pacing of the default chat stream")
+    parser.add_argument("--no-record", action="store_true", help="keep no requests in memory (long benchmark runs)")
     options = parser.parse_args()
-    fake = FakeUpstream(latency_s=options.latency_ms / 1000, host=options.host, port=options.port)
+    fake = FakeUpstream(
+        latency_s=options.latency_ms / 1000,
+        host=options.host,
+        port=options.port,
+        record=not options.no_record,
+        stream_interval_s=options.stream_interval_ms / 1000,
+    )
     try:
         import uvloop
 
