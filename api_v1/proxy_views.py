@@ -224,12 +224,19 @@ MODELS_CACHE_SECONDS = 60.0
 _models_cache: dict[str, Any] = {"until": 0.0, "data": None}
 
 
-async def _model_list() -> list[dict[str, Any]]:
-    configured = settings.CONFIG.models
-    if configured:
-        return [{"id": name, "object": "model", "created": 0, "owned_by": "clicky-chats"} for name in configured]
+def _configured_models() -> list[dict[str, Any]]:
+    return [
+        {"id": name, "object": "model", "created": 0, "owned_by": "clicky-chats"} for name in settings.CONFIG.models
+    ]
+
+
+def _cached_upstream_models() -> list[dict[str, Any]] | None:
     if _models_cache["until"] > time.monotonic():
         return _models_cache["data"]
+    return None
+
+
+async def _fetch_upstream_models() -> list[dict[str, Any]]:
     answer = await upstream.open_upstream("GET", "models", body=None, content_type=None, streaming=False)
     if answer.status >= 400:
         raise upstream.UpstreamFailed(await upstream.error_response(answer))
@@ -254,14 +261,30 @@ def _model_object(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _find_model(models: list[dict[str, Any]], model_id: str) -> dict[str, Any] | None:
+    return next((item for item in models if item["id"] == model_id), None)
+
+
 @api_endpoint("GET")
 async def models_list(request: HttpRequest) -> HttpResponse:
-    return json_ok({"object": "list", "data": await _model_list()})
+    if settings.CONFIG.models:
+        return json_ok({"object": "list", "data": _configured_models()})
+    models = _cached_upstream_models()
+    if models is None:
+        models = await _fetch_upstream_models()
+    return json_ok({"object": "list", "data": models})
 
 
 @api_endpoint("GET")
 async def model_detail(request: HttpRequest, model: str) -> HttpResponse:
-    for item in await _model_list():
-        if item["id"] == model:
-            return json_ok(item)
-    raise ApiError(f"The model '{model}' does not exist", status=404, param="model", code="model_not_found")
+    if settings.CONFIG.models:
+        found = _find_model(_configured_models(), model)
+    else:
+        cached = _cached_upstream_models()
+        found = _find_model(cached if cached is not None else await _fetch_upstream_models(), model)
+        if found is None and cached is not None:
+            # A model pulled into the upstream since the list was cached must not be a 404 for a minute.
+            found = _find_model(await _fetch_upstream_models(), model)
+    if found is None:
+        raise ApiError(f"The model '{model}' does not exist", status=404, param="model", code="model_not_found")
+    return json_ok(found)
