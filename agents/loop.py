@@ -1,46 +1,106 @@
-"""The agent loop: claim work from the database, advance it, repeat; stop cleanly when asked.
+"""The agent loop: claim runs, drive each in its own task, sweep expired runs, repeat; stop
+cleanly when asked.
 
-Issue 3 gives `tick` its work (claiming and advancing runs). Until then the loop idles, which is
-what `runagent` and `serve --with-agents` rely on to start and stop cleanly.
+A run is claimed with a lease and a fencing token (agents/runs.py); the loop wakes at once when
+a run is queued in this process or, on PostgreSQL, in any process (LISTEN/NOTIFY), and otherwise
+polls every `poll_interval_s`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import socket
 import threading
+import time
+import uuid
 
-from django.db import close_old_connections
+from agents import bus, engine
+from agents.db import db, refresh_connection
+from agents.runs import expire_overdue, run_claim
 
 log = logging.getLogger("clicky_chats.agents")
 
+SWEEP_EVERY_S = 1.0
+# On SIGTERM, runs in flight get this long to finish before they are released to other agents.
+GRACE_S = 10.0
+
 
 class AgentLoop:
-    def __init__(self, *, concurrency: int = 4, poll_interval_s: float = 1.0, name: str = "agent") -> None:
+    def __init__(self, *, concurrency: int = 4, poll_interval_s: float = 0.5, name: str = "agent") -> None:
         self.concurrency = concurrency
         self.poll_interval_s = poll_interval_s
         self.name = name
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.settings = engine.Settings()
         self.stopping = threading.Event()
         self.stopped = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: bus.Waiter | None = None
 
     def run_forever(self) -> None:
-        log.info("%s started (concurrency %d)", self.name, self.concurrency)
+        try:
+            asyncio.run(self.main())
+        finally:
+            self.stopped.set()
+
+    async def main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = bus.Waiter(bus.QUEUE)
+        bus.start_pg_listener()
+        log.info("%s started (concurrency %d, owner %s)", self.name, self.concurrency, self.owner)
+        running: dict[asyncio.Task[None], str] = {}
+        last_sweep = 0.0
         try:
             while not self.stopping.is_set():
-                close_old_connections()
-                worked = self.tick()
-                if not worked:
-                    self.stopping.wait(self.poll_interval_s)
+                await refresh_connection()
+                claimed = []
+                free = self.concurrency - len(running)
+                if free > 0:
+                    claimed = await db(run_claim, self.owner, free, self.settings.lease_s)
+                for run_id, fence, attempts in claimed:
+                    task = asyncio.create_task(engine.drive(run_id, fence, self.settings, attempts))
+                    running[task] = run_id
+                    task.add_done_callback(self._finished(running))
+                if time.monotonic() - last_sweep > SWEEP_EVERY_S:
+                    last_sweep = time.monotonic()
+                    expired = await db(expire_overdue)
+                    if expired:
+                        log.info("%s expired %d run(s)", self.name, expired)
+                if claimed and len(running) < self.concurrency:
+                    continue  # more may be waiting
+                await self._wake.wait(self.poll_interval_s)
         finally:
-            close_old_connections()
-            self.stopped.set()
+            await self._shutdown(running)
+            self._wake.close()
             log.info("%s stopped", self.name)
 
-    def tick(self) -> bool:
-        """One pass over the queue; True when it found work, so the loop goes on without sleeping."""
-        return False
+    def _finished(self, running: dict[asyncio.Task[None], str]):  # type: ignore[no-untyped-def]
+        def done(task: asyncio.Task[None]) -> None:
+            running.pop(task, None)
+            if self._wake is not None:
+                self._wake.event.set()  # a slot is free: look for more work
+
+        return done
+
+    async def _shutdown(self, running: dict[asyncio.Task[None], str]) -> None:
+        if not running:
+            return
+        log.info("%s finishing %d run(s) before stopping", self.name, len(running))
+        _done, pending = await asyncio.wait(set(running), timeout=GRACE_S)
+        for task in pending:
+            task.cancel()  # drive() releases the run on cancellation, for another agent to finish
+        if pending:
+            await asyncio.wait(pending, timeout=5)
 
     def stop(self) -> None:
         self.stopping.set()
+        if self._loop is not None and self._wake is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._wake.event.set)
+            except RuntimeError:
+                pass
 
     def start_in_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self.run_forever, name=self.name, daemon=True)

@@ -135,3 +135,19 @@ def _tool_call(call: dict[str, Any], tier: str, include: frozenset[str]) -> dict
             search["results"] = [{k: v for k, v in r.items() if k != "content"} for r in search["results"]]
         call["file_search"] = search
     return call
+
+
+def event_for_tier(event: str, data: Any, tier: str) -> Any | None:
+    """A stored run event as a client of `tier` sees it (events are stored in the /v1/rubra form);
+    None when that tier does not see the event at all."""
+    if tier == "rubra" or not isinstance(data, dict):
+        return data
+    if event == "thread.run.requires_confirmation":
+        return None
+    if data.get("object") == "thread.run" and data.get("status") == "requires_confirmation":
+        return {**data, "status": "in_progress", "required_action": None}
+    if data.get("object") == "thread.run.step" and data.get("type") == "tool_calls":
+        details = data["step_details"]
+        calls = [{k: v for k, v in call.items() if k != "x-confirmation"} for call in details.get("tool_calls", [])]
+        return {**data, "step_details": {**details, "tool_calls": calls}}
+    return data

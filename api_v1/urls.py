@@ -1,10 +1,16 @@
-"""/v1 routes. The same patterns serve /v1/rubra (api_rubra.urls adds its extension routes first)."""
+"""/v1 routes. The same patterns serve /v1/rubra, where views add the extension fields."""
 
 from __future__ import annotations
 
 from django.urls import path
 
 from api_v1 import proxy_views as proxy
+from api_v1 import run_views
+from api_v1.assistant_views import AssistantViewSet, MessageViewSet, ThreadViewSet
+
+# OpenAI modifies with POST on the object's own path, not PUT or PATCH.
+COLLECTION = {"get": "list", "post": "create"}
+ITEM = {"get": "retrieve", "post": "update", "delete": "destroy"}
 
 urlpatterns = [
     path("chat/completions", proxy.chat_completions),
@@ -21,4 +27,18 @@ urlpatterns = [
     path("audio/translations", proxy.audio_translations),
     path("models", proxy.models_list),
     path("models/<path:model>", proxy.model_detail),
+    # Assistants API
+    path("assistants", AssistantViewSet.as_view(COLLECTION)),
+    path("assistants/<str:pk>", AssistantViewSet.as_view(ITEM)),
+    path("threads", ThreadViewSet.as_view({"post": "create"})),
+    path("threads/runs", run_views.thread_and_run),
+    path("threads/<str:pk>", ThreadViewSet.as_view(ITEM)),
+    path("threads/<str:thread_id>/messages", MessageViewSet.as_view(COLLECTION)),
+    path("threads/<str:thread_id>/messages/<str:pk>", MessageViewSet.as_view(ITEM)),
+    path("threads/<str:thread_id>/runs", run_views.runs),
+    path("threads/<str:thread_id>/runs/<str:run_id>", run_views.run_detail),
+    path("threads/<str:thread_id>/runs/<str:run_id>/cancel", run_views.run_cancel),
+    path("threads/<str:thread_id>/runs/<str:run_id>/submit_tool_outputs", run_views.run_submit_tool_outputs),
+    path("threads/<str:thread_id>/runs/<str:run_id>/steps", run_views.run_steps),
+    path("threads/<str:thread_id>/runs/<str:run_id>/steps/<str:step_id>", run_views.run_step_detail),
 ]

@@ -44,15 +44,19 @@ def invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
     return ApiError(f"Invalid value for '{param}': {message}", status=400, param=param, code=code)
 
 
-def check(body: dict[str, Any], rules: dict[str, Rule], *, required: Iterable[str] = ()) -> None:
+def check(body: dict[str, Any], rules: dict[str, Rule], *, required: Iterable[str] = (), prefix: str = "") -> None:
+    """Checks the known fields of `body`; `prefix` names where the body sits (e.g. "messages[0].")."""
     for name in required:
         if body.get(name) is None:
             raise ApiError(
-                f"Missing required parameter: '{name}'.", status=400, param=name, code="missing_required_parameter"
+                f"Missing required parameter: '{prefix}{name}'.",
+                status=400,
+                param=f"{prefix}{name}",
+                code="missing_required_parameter",
             )
     for name, rule in rules.items():
         if name in body and body[name] is not None:
-            rule(body[name], name)
+            rule(body[name], f"{prefix}{name}")
 
 
 def string(*, enum: Iterable[str] | None = None, nonempty: bool = False, max_length: int | None = None) -> Rule:

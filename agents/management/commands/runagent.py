@@ -14,7 +14,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--concurrency", type=int, default=4, help="runs advanced at once (default 4)")
-        parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between idle polls")
+        parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between idle polls")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["concurrency"] < 1:

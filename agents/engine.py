@@ -1,0 +1,319 @@
+"""Advancing one claimed run, top to bottom:
+
+1. begin: the run goes in_progress; gather the conversation for the model.
+2. call the model, streaming; write the answer as it arrives (coalesced) as a message, and any
+   function calls as a tool_calls step.
+3. finish the turn: completed, incomplete (token limits), or requires_action (function calls).
+Beside it a heartbeat renews the lease, and stops the work when the run is cancelled, expires,
+or this agent's claim is lost. Every write carries the claim's fencing token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from django.conf import settings
+
+from agents import progress
+from agents.db import db
+from agents.runs import MAX_ATTEMPTS, LeaseLost, run_release, run_renew
+from api_v1.models import Run
+from clicky_chats import upstream
+from clicky_chats.config import env_float, env_int
+from clicky_chats.errors import ApiError
+from clicky_chats.ids import new_id, now_seconds
+from clicky_chats.sse import SSEReader
+
+log = logging.getLogger("clicky_chats.agents")
+
+# Deltas are written at most this often, so a long answer costs tens of writes, not thousands.
+FLUSH_EVERY_S = 0.1
+
+
+class Stop(Exception):
+    """Why the heartbeat stopped the work: cancelled, expired, lost, or shutting down."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TurnFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Settings:
+    lease_s: float = field(default_factory=lambda: env_float("CLICKY_CHATS_RUN_LEASE_S", 30.0))
+    retries: int = field(default_factory=lambda: env_int("CLICKY_CHATS_MODEL_RETRIES", 3, minimum=0))
+    backoff_s: float = field(default_factory=lambda: env_float("CLICKY_CHATS_MODEL_BACKOFF_S", 0.5))
+
+    @property
+    def heartbeat_s(self) -> float:
+        return min(self.lease_s / 3, 1.0)
+
+
+async def drive(run_id: str, fence: int, config: Settings, attempts: int = 1) -> None:
+    """Advances a run until it needs the client, ends, or is stopped."""
+    work = asyncio.current_task()
+    assert work is not None
+    stop: dict[str, str] = {}
+    heartbeat = asyncio.create_task(_heartbeat(run_id, fence, config, work, stop))
+    try:
+        await _advance(run_id, fence, attempts)
+    except asyncio.CancelledError:
+        reason = stop.get("reason", "shutdown")
+        await _stopped(run_id, fence, reason)
+        if reason == "shutdown":
+            raise
+    except LeaseLost:
+        log.warning("run %s: lease lost; another agent has it", run_id)
+    except Exception:
+        log.exception("run %s: unexpected error", run_id)
+        with contextlib.suppress(LeaseLost):
+            await db(progress.fail, run_id, fence, "server_error", "The run failed because of an internal error.")
+    finally:
+        heartbeat.cancel()
+
+
+async def _stopped(run_id: str, fence: int, reason: str) -> None:
+    with contextlib.suppress(LeaseLost):
+        if reason == "cancel":
+            await db(progress.cancel, run_id, fence)
+        elif reason == "expire":
+            await db(progress.expire, run_id, fence)
+        elif reason == "shutdown":
+            await db(run_release, run_id, fence)  # another agent picks it up at once
+
+
+async def _heartbeat(run_id: str, fence: int, config: Settings, work: asyncio.Task[Any], stop: dict[str, str]) -> None:
+    expires = await db(progress.expires_at, run_id)
+    while True:
+        await asyncio.sleep(config.heartbeat_s)
+        try:
+            status = await db(run_renew, run_id, fence, config.lease_s)
+        except LeaseLost:
+            stop["reason"] = "lost"
+            work.cancel()
+            return
+        if status == "cancelling":
+            stop["reason"] = "cancel"
+        elif expires is not None and now_seconds() >= expires:
+            stop["reason"] = "expire"
+        if stop:
+            work.cancel()
+            return
+
+
+async def _advance(run_id: str, fence: int, attempts: int) -> None:
+    if attempts > MAX_ATTEMPTS:
+        await db(
+            progress.fail, run_id, fence, "server_error", f"The run was interrupted {MAX_ATTEMPTS} times; giving up."
+        )
+        return
+    while True:
+        turn = await db(progress.begin, run_id, fence)
+        if turn.status == "cancelling":
+            await db(progress.cancel, run_id, fence)
+            return
+        if turn.status in Run.TERMINAL:
+            return
+        if turn.prompt_too_long:
+            await db(progress.end_prompt_too_long, run_id, fence)
+            return
+        try:
+            status = await _model_turn(run_id, fence, turn)
+        except TurnFailed as failure:
+            await db(progress.fail, run_id, fence, failure.code, failure.message)
+            return
+        if status != "in_progress":  # server-side tools (issue 5) will loop here
+            return
+
+
+@dataclass
+class TurnWriter:
+    """Collects a streamed answer and writes it in coalesced pieces."""
+
+    run_id: str
+    fence: int
+    message_step: tuple[str, str] | None = None
+    tool_step_id: str | None = None
+    text: str = ""
+    calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    known_calls: int = 0
+    last_flush: float = 0.0
+    usage: dict[str, Any] = field(default_factory=dict)
+    finish_reason: str | None = None
+
+    def pending(self) -> bool:
+        return bool(self.text) or any(
+            index >= self.known_calls or fragment["arguments"] for index, fragment in self.calls.items()
+        )
+
+    def take_chunk(self, chunk: dict[str, Any]) -> None:
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                self.text += delta["content"]
+            for call in delta.get("tool_calls") or []:
+                index = call.get("index", 0)
+                fragment = self.calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+                fragment["id"] = fragment["id"] or call.get("id") or ""
+                function = call.get("function") or {}
+                fragment["name"] += function.get("name") or ""
+                fragment["arguments"] += function.get("arguments") or ""
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+
+    async def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.pending() or (not force and now - self.last_flush < FLUSH_EVERY_S):
+            return
+        self.last_flush = now
+        if self.text:
+            if self.message_step is None:
+                self.message_step = await db(progress.open_message, self.run_id, self.fence)
+            text, self.text = self.text, ""
+            await db(progress.append_text, self.run_id, self.fence, self.message_step[1], text)
+        if self.calls:
+            ready = self._ready_calls()
+            if ready:
+                if self.tool_step_id is None:
+                    self.tool_step_id = await db(progress.open_tool_step, self.run_id, self.fence)
+                await db(progress.append_tool_calls, self.run_id, self.fence, self.tool_step_id, ready)
+
+    def _ready_calls(self) -> dict[int, dict[str, Any]]:
+        """What to write of the calls now: a new call whole (id, name, arguments so far), a known
+        one only its new arguments. OpenAI sends id and name in a call's first fragment."""
+        ready: dict[int, dict[str, Any]] = {}
+        for index in sorted(self.calls):
+            fragment = self.calls[index]
+            if index >= self.known_calls:
+                fragment["id"] = fragment["id"] or new_id("call_")
+                self.known_calls = index + 1
+                ready[index] = dict(fragment)
+            elif fragment["arguments"]:
+                ready[index] = {"arguments": fragment["arguments"]}
+            fragment["arguments"] = ""
+        return ready
+
+
+async def _model_turn(run_id: str, fence: int, turn: progress.TurnContext) -> str:
+    writer = TurnWriter(run_id, fence)
+    answer = await _open_model_stream(turn.payload)
+    reader = SSEReader()
+    try:
+        pending_read: asyncio.Future[bytes] | None = None
+        while True:
+            if pending_read is None:
+                pending_read = asyncio.ensure_future(answer.content.readany())
+            timeout = FLUSH_EVERY_S if writer.pending() else None
+            done, _ = await asyncio.wait({pending_read}, timeout=timeout)
+            if not done:
+                await writer.flush()
+                continue
+            raw = pending_read.result()
+            pending_read = None
+            if not raw:
+                break
+            for _event, data in reader.feed(raw):
+                if data.strip() == b"[DONE]":
+                    continue
+                chunk = _parse_chunk(data)
+                writer.take_chunk(chunk)
+            await writer.flush()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise TurnFailed(
+            "server_error", f"The model upstream broke off its answer: {exc or type(exc).__name__}"
+        ) from None
+    finally:
+        answer.close()
+    await writer.flush(force=True)
+    cut_short = writer.finish_reason == "length"
+    return await db(
+        progress.finish_turn,
+        run_id,
+        fence,
+        message_step=writer.message_step,
+        tool_step_id=writer.tool_step_id,
+        usage=_usage(writer.usage),
+        cut_short=cut_short,
+        calls_pending=writer.tool_step_id is not None,
+    )
+
+
+def _parse_chunk(data: bytes) -> dict[str, Any]:
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise TurnFailed("server_error", "The model upstream sent a stream that is not JSON.") from None
+    if not isinstance(chunk, dict):
+        raise TurnFailed("server_error", "The model upstream sent a stream item that is not an object.")
+    if isinstance(chunk.get("error"), dict | str):
+        error = chunk["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise TurnFailed("server_error", f"The model upstream failed mid-answer: {message}")
+    return chunk
+
+
+def _usage(usage: dict[str, Any]) -> dict[str, int]:
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _open_model_stream(payload: dict[str, Any]) -> aiohttp.ClientResponse:
+    """Opens the streamed model call, retrying 429 and 5xx answers and lost connections with a
+    bounded backoff that honours retry-after."""
+    config = Settings()
+    body = orjson.dumps(payload)
+    last: TurnFailed | None = None
+    for attempt in range(config.retries + 1):
+        delay = config.backoff_s * (2**attempt)
+        try:
+            answer = await upstream.open_upstream(
+                "POST", "chat/completions", body=body, content_type="application/json", streaming=True
+            )
+        except ApiError as exc:
+            last = TurnFailed("server_error", exc.message)
+        else:
+            if answer.status < 400:
+                return answer
+            error = await upstream.error_response(answer)
+            message = orjson.loads(error.content)["error"]["message"]
+            if answer.status == 429:
+                last = TurnFailed("rate_limit_exceeded", f"The model upstream is rate limited: {message}")
+            elif answer.status >= 500:
+                last = TurnFailed("server_error", f"The model upstream failed ({answer.status}): {message}")
+            else:
+                raise TurnFailed("server_error", f"The model upstream refused the request ({answer.status}): {message}")
+            delay = _retry_after(answer.headers, delay)
+        if attempt < config.retries:
+            await asyncio.sleep(min(delay, settings.CONFIG.model_timeout_s))
+    assert last is not None
+    raise last
+
+
+def _retry_after(headers: Any, default: float) -> float:
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(0.0, min(float(value) * scale, 60.0))
+            except ValueError:
+                continue
+    return default

@@ -1,0 +1,358 @@
+"""What an agent writes while it advances a run, each call one transaction under the fencing
+token: a stale agent's call raises LeaseLost and changes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.runs import finish_cancelled, finish_expired, finish_failed, locked_run
+from api_v1 import render
+from api_v1.models import Message, Run, RunStep
+from clicky_chats.ids import new_id, now_ns, now_seconds
+
+CHARS_PER_TOKEN = 4  # a rough estimate; no tokenizer download is needed at run time
+
+
+@dataclass
+class TurnContext:
+    """Everything the engine needs to make the next model call of a run."""
+
+    run_id: str
+    status: str
+    model: str
+    payload: dict[str, Any]
+    max_completion_tokens: int | None
+    completion_tokens_used: int
+    prompt_too_long: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def begin(run_id: str, fence: int) -> TurnContext:
+    """Moves a claimed run to in_progress (or picks up one a crashed agent held) and gathers the
+    model request for its next turn."""
+    with locked_run(run_id, fence=fence) as (run, events):
+        if run.status in ("cancelling", *Run.TERMINAL):
+            return TurnContext(run_id, run.status, run.model, {}, None, 0)
+        if run.status == "queued":
+            run.status = "in_progress"
+            if run.started_at is None:
+                run.started_at = now_seconds()
+            run.save(update_fields=["status", "started_at"])
+            events.run_event("in_progress")
+        else:
+            # Taken over from an agent that died mid-turn: drop its half-written turn; this
+            # agent makes the call again, so the thread ends with exactly one answer.
+            RunStep.objects.filter(run=run, status="in_progress").delete()
+            Message.objects.filter(run_id=run.id, status="in_progress").delete()
+        return _turn_context(run)
+
+
+def _turn_context(run: Run) -> TurnContext:
+    history = list(
+        Message.objects.filter(thread_id=run.thread_id, created_ns__lt=run.created_ns).order_by("created_ns", "pk")
+    )
+    strategy = run.truncation_strategy or {}
+    if strategy.get("type") == "last_messages" and strategy.get("last_messages"):
+        history = history[-int(strategy["last_messages"]) :]
+    conversation = [_chat_message(message) for message in history]
+    conversation += _this_run_so_far(run)
+    system = [{"role": "system", "content": run.instructions}] if run.instructions else []
+    prompt_too_long = False
+    if run.max_prompt_tokens:
+        while conversation and _estimate(system + conversation) > run.max_prompt_tokens and len(conversation) > 1:
+            conversation.pop(0)  # the oldest goes first, as OpenAI's auto truncation does
+        prompt_too_long = _estimate(system + conversation) > run.max_prompt_tokens
+    payload: dict[str, Any] = {
+        "model": run.model,
+        "messages": system + conversation,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    functions = [tool for tool in run.tools if tool.get("type") == "function"]
+    if functions:
+        payload["tools"] = functions
+        if run.tool_choice is not None:
+            payload["tool_choice"] = (
+                run.tool_choice if isinstance(run.tool_choice, str) else _chat_tool_choice(run.tool_choice)
+            )
+        payload["parallel_tool_calls"] = run.parallel_tool_calls
+    if run.response_format is not None:
+        payload["response_format"] = run.response_format
+    for name in ("temperature", "top_p", "reasoning_effort"):
+        if getattr(run, name) is not None:
+            payload[name] = getattr(run, name)
+    used = (run.usage or {}).get("completion_tokens", 0)
+    if run.max_completion_tokens:
+        payload["max_completion_tokens"] = max(1, run.max_completion_tokens - used)
+    return TurnContext(run.id, run.status, run.model, payload, run.max_completion_tokens, used, prompt_too_long)
+
+
+def _chat_tool_choice(choice: dict[str, Any]) -> Any:
+    if choice.get("type") == "function":
+        return {"type": "function", "function": {"name": choice["function"]["name"]}}
+    return "auto"
+
+
+def _estimate(messages: list[dict[str, Any]]) -> int:
+    total = 0
+    for message in messages:
+        content = message.get("content") or ""
+        text = content if isinstance(content, str) else " ".join(str(part.get("text", "")) for part in content)
+        total += 4 + len(text) // CHARS_PER_TOKEN + len(str(message.get("tool_calls", ""))) // CHARS_PER_TOKEN
+    return total
+
+
+def _chat_message(message: Message) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = []
+    for part in message.content:
+        if part.get("type") == "text":
+            parts.append({"type": "text", "text": part["text"]["value"]})
+        elif part.get("type") == "image_url":
+            parts.append({"type": "image_url", "image_url": part["image_url"]})
+    if all(part["type"] == "text" for part in parts):
+        return {"role": message.role, "content": "".join(part["text"] for part in parts)}
+    return {"role": message.role, "content": parts}
+
+
+def _this_run_so_far(run: Run) -> list[dict[str, Any]]:
+    """The run's own earlier turns: its answers, its tool calls and their outputs, in order."""
+    turns: list[dict[str, Any]] = []
+    for step in RunStep.objects.filter(run=run, status="completed").order_by("created_ns", "pk"):
+        details = step.step_details
+        if details.get("type") == "message_creation":
+            found = Message.objects.filter(pk=details["message_creation"]["message_id"]).first()
+            if found is not None:
+                turns.append(_chat_message(found))
+            continue
+        calls = [call for call in details.get("tool_calls", []) if call.get("type") == "function"]
+        if not calls:
+            continue
+        turns.append(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": call["function"]["arguments"]},
+                    }
+                    for call in calls
+                ],
+            }
+        )
+        for call in calls:
+            turns.append({"role": "tool", "tool_call_id": call["id"], "content": call["function"].get("output") or ""})
+    return turns
+
+
+# --- writing a turn as it streams --------------------------------------------------------------
+
+
+def _new_step(run: Run, kind: str, details: dict[str, Any]) -> RunStep:
+    return RunStep.objects.create(
+        id=new_id("step_"),
+        project=run.project,
+        run=run,
+        thread_id=run.thread_id,
+        assistant_id=run.assistant_id,
+        created_at=now_seconds(),
+        created_ns=now_ns(),
+        type=kind,
+        status="in_progress",
+        step_details=details,
+    )
+
+
+def open_message(run_id: str, fence: int) -> tuple[str, str]:
+    """A message_creation step and its empty assistant message; returns (step id, message id)."""
+    with locked_run(run_id, fence=fence) as (run, events):
+        message_id = new_id("msg_")
+        step = _new_step(
+            run, "message_creation", {"type": "message_creation", "message_creation": {"message_id": message_id}}
+        )
+        message = Message.objects.create(
+            id=message_id,
+            project=run.project,
+            thread_id=run.thread_id,
+            created_at=now_seconds(),
+            created_ns=now_ns(),
+            status="in_progress",
+            role="assistant",
+            content=[],
+            assistant_id=run.assistant_id,
+            run_id=run.id,
+        )
+        events.add("thread.run.step.created", render.run_step(step, "rubra"))
+        events.add("thread.run.step.in_progress", render.run_step(step, "rubra"))
+        events.add("thread.message.created", render.message(message))
+        events.add("thread.message.in_progress", render.message(message))
+        return step.id, message.id
+
+
+def append_text(run_id: str, fence: int, message_id: str, text: str) -> None:
+    with locked_run(run_id, fence=fence) as (_run, events):
+        message = Message.objects.get(pk=message_id)
+        first = not message.content
+        if first:
+            message.content = [{"type": "text", "text": {"value": text, "annotations": []}}]
+            part: dict[str, Any] = {"index": 0, "type": "text", "text": {"value": text, "annotations": []}}
+        else:
+            message.content[0]["text"]["value"] += text
+            part = {"index": 0, "type": "text", "text": {"value": text}}
+        message.save(update_fields=["content"])
+        delta: dict[str, Any] = {"content": [part]}
+        if first:
+            delta["role"] = "assistant"
+        events.add("thread.message.delta", {"id": message_id, "object": "thread.message.delta", "delta": delta})
+
+
+def open_tool_step(run_id: str, fence: int) -> str:
+    with locked_run(run_id, fence=fence) as (run, events):
+        step = _new_step(run, "tool_calls", {"type": "tool_calls", "tool_calls": []})
+        events.add("thread.run.step.created", render.run_step(step, "rubra"))
+        events.add("thread.run.step.in_progress", render.run_step(step, "rubra"))
+        return step.id
+
+
+def append_tool_calls(run_id: str, fence: int, step_id: str, fragments: dict[int, dict[str, Any]]) -> None:
+    """Merges argument fragments into the step's calls; the delta names id, type and name only the
+    first time a call appears, as the SDK's delta merging demands."""
+    with locked_run(run_id, fence=fence) as (_run, events):
+        step = RunStep.objects.get(pk=step_id)
+        calls = step.step_details["tool_calls"]
+        delta_calls = []
+        for index in sorted(fragments):
+            fragment = fragments[index]
+            if "id" in fragment:
+                calls.append(
+                    {
+                        "id": fragment["id"],
+                        "type": "function",
+                        "function": {"name": fragment["name"], "arguments": fragment["arguments"], "output": None},
+                    }
+                )
+                delta_calls.append(
+                    {
+                        "index": index,
+                        "id": fragment["id"],
+                        "type": "function",
+                        "function": {"name": fragment["name"], "arguments": fragment["arguments"], "output": None},
+                    }
+                )
+            else:
+                calls[index]["function"]["arguments"] += fragment["arguments"]
+                delta_calls.append(
+                    {"index": index, "type": "function", "function": {"arguments": fragment["arguments"]}}
+                )
+        step.save(update_fields=["step_details"])
+        events.add(
+            "thread.run.step.delta",
+            {
+                "id": step_id,
+                "object": "thread.run.step.delta",
+                "delta": {"step_details": {"type": "tool_calls", "tool_calls": delta_calls}},
+            },
+        )
+
+
+def _add_usage(total: dict[str, Any] | None, usage: dict[str, Any]) -> dict[str, Any]:
+    result = dict(total or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        result[key] = int(result.get(key, 0)) + int(usage.get(key, 0) or 0)
+    return result
+
+
+def finish_turn(
+    run_id: str,
+    fence: int,
+    *,
+    message_step: tuple[str, str] | None,
+    tool_step_id: str | None,
+    usage: dict[str, Any],
+    cut_short: bool,
+    calls_pending: bool,
+) -> str:
+    """Closes the turn's message and steps and moves the run on; returns the run's new status."""
+    with locked_run(run_id, fence=fence) as (run, events):
+        now = now_seconds()
+        run.usage = _add_usage(run.usage, usage)
+        if message_step is not None:
+            step_id, message_id = message_step
+            message = Message.objects.get(pk=message_id)
+            if cut_short:
+                message.status, message.incomplete_at = "incomplete", now
+                message.incomplete_details = {"reason": "max_tokens"}
+                events.add("thread.message.incomplete", render.message(message))
+            else:
+                message.status, message.completed_at = "completed", now
+                events.add("thread.message.completed", render.message(message))
+            message.save()
+            step = RunStep.objects.get(pk=step_id)
+            step.status, step.completed_at, step.usage = "completed", now, usage
+            step.save()
+            events.add("thread.run.step.completed", render.run_step(step, "rubra"))
+        if tool_step_id is not None and calls_pending and not cut_short:
+            step = RunStep.objects.get(pk=tool_step_id)
+            step.usage = usage
+            step.save(update_fields=["usage"])
+            calls = [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": call["function"]["arguments"]},
+                }
+                for call in step.step_details["tool_calls"]
+            ]
+            run.status = "requires_action"
+            run.required_action = {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": calls}}
+            run.lease_owner, run.lease_expires_at = None, None
+            run.save()
+            events.run_event("requires_action")
+            return run.status
+        if tool_step_id is not None:  # cut short mid-call: the call never became whole
+            RunStep.objects.filter(pk=tool_step_id).update(status="failed", failed_at=now)
+        if cut_short:
+            run.status, run.incomplete_details = "incomplete", {"reason": "max_completion_tokens"}
+            run.completed_at = now
+        else:
+            run.status, run.completed_at = "completed", now
+        run.lease_owner, run.lease_expires_at = None, None
+        run.save()
+        events.run_event(run.status)
+        return run.status
+
+
+def end_prompt_too_long(run_id: str, fence: int) -> None:
+    with locked_run(run_id, fence=fence) as (run, events):
+        run.status, run.incomplete_details, run.completed_at = (
+            "incomplete",
+            {"reason": "max_prompt_tokens"},
+            now_seconds(),
+        )
+        run.lease_owner, run.lease_expires_at = None, None
+        run.save()
+        events.run_event("incomplete")
+
+
+def fail(run_id: str, fence: int, code: str, message: str) -> None:
+    with locked_run(run_id, fence=fence) as (run, events):
+        if run.status not in Run.TERMINAL:
+            finish_failed(run, events, code, message)
+
+
+def cancel(run_id: str, fence: int) -> None:
+    with locked_run(run_id, fence=fence) as (run, events):
+        if run.status not in Run.TERMINAL:
+            finish_cancelled(run, events)
+
+
+def expire(run_id: str, fence: int) -> None:
+    with locked_run(run_id, fence=fence) as (run, events):
+        if run.status not in Run.TERMINAL:
+            finish_expired(run, events)
+
+
+def expires_at(run_id: str) -> int | None:
+    return Run.objects.filter(pk=run_id).values_list("expires_at", flat=True).first()

@@ -1,0 +1,105 @@
+"""Assistants, threads and messages over DRF viewsets. Views stay thin: they parse, call the flow
+in api_v1/threads.py, and render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from rest_framework import viewsets
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from api_v1 import render
+from api_v1 import threads as flows
+from api_v1.models import Assistant, Message, Thread
+from clicky_chats.pagination import page_params, paginate
+from clicky_chats.scoping import get_scoped, scoped
+from clicky_chats.validation import invalid
+
+
+def body_of(request: Request) -> dict[str, Any]:
+    data = request.data
+    if not isinstance(data, dict):
+        raise invalid("body", "the request body must be a JSON object.", "invalid_type")
+    return dict(data)
+
+
+class ProjectViewSet(viewsets.ViewSet):
+    """Every viewset reads and writes only the caller's project (request.project)."""
+
+    lookup_value_regex = "[^/]+"
+
+    def project(self, request: Request) -> str:
+        return request.project  # type: ignore[attr-defined,no-any-return]
+
+    def tier(self, request: Request) -> str:
+        return "rubra" if getattr(request, "api_tier", "v1") == "rubra" else "v1"
+
+
+class AssistantViewSet(ProjectViewSet):
+    def list(self, request: Request) -> Response:
+        tier = self.tier(request)
+        page = paginate(
+            scoped(Assistant, self.project(request)),
+            page_params(request.query_params),
+            lambda obj: render.assistant(obj, tier),
+        )
+        return Response(page)
+
+    def create(self, request: Request) -> Response:
+        created = flows.assistant_create(self.project(request), body_of(request), self.tier(request))
+        return Response(render.assistant(created, self.tier(request)))
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        found = get_scoped(Assistant, self.project(request), pk, noun="assistant")
+        return Response(render.assistant(found, self.tier(request)))
+
+    def update(self, request: Request, pk: str) -> Response:
+        updated = flows.assistant_update(self.project(request), pk, body_of(request), self.tier(request))
+        return Response(render.assistant(updated, self.tier(request)))
+
+    def destroy(self, request: Request, pk: str) -> Response:
+        found = get_scoped(Assistant, self.project(request), pk, noun="assistant")
+        found.delete()
+        return Response({"id": pk, "object": "assistant.deleted", "deleted": True})
+
+
+class ThreadViewSet(ProjectViewSet):
+    def create(self, request: Request) -> Response:
+        cleaned = flows.check_thread_body(body_of(request))
+        return Response(render.thread(flows.thread_create(self.project(request), cleaned)))
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(render.thread(get_scoped(Thread, self.project(request), pk, noun="thread")))
+
+    def update(self, request: Request, pk: str) -> Response:
+        return Response(render.thread(flows.thread_update(self.project(request), pk, body_of(request))))
+
+    def destroy(self, request: Request, pk: str) -> Response:
+        with transaction.atomic():
+            get_scoped(Thread, self.project(request), pk, noun="thread").delete()
+        return Response({"id": pk, "object": "thread.deleted", "deleted": True})
+
+
+class MessageViewSet(ProjectViewSet):
+    def list(self, request: Request, thread_id: str) -> Response:
+        thread = get_scoped(Thread, self.project(request), thread_id, noun="thread")
+        messages = Message.objects.filter(thread=thread)
+        run_id = request.query_params.get("run_id")
+        if run_id:
+            messages = messages.filter(run_id=run_id)
+        return Response(paginate(messages, page_params(request.query_params), render.message))
+
+    def create(self, request: Request, thread_id: str) -> Response:
+        return Response(render.message(flows.message_create(self.project(request), thread_id, body_of(request))))
+
+    def retrieve(self, request: Request, thread_id: str, pk: str) -> Response:
+        return Response(render.message(flows.get_message(self.project(request), thread_id, pk)))
+
+    def update(self, request: Request, thread_id: str, pk: str) -> Response:
+        return Response(render.message(flows.message_update(self.project(request), thread_id, pk, body_of(request))))
+
+    def destroy(self, request: Request, thread_id: str, pk: str) -> Response:
+        flows.get_message(self.project(request), thread_id, pk).delete()
+        return Response({"id": pk, "object": "thread.message.deleted", "deleted": True})

@@ -1,0 +1,180 @@
+"""Runs and run steps. Plain async views, since create, create-and-run and submit_tool_outputs may
+answer with a stream; the flows live in agents/runs.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+
+from agents import bus
+from agents import runs as flows
+from api_v1 import render
+from api_v1.models import Run, RunEvent, RunStep
+from clicky_chats import validation as v
+from clicky_chats.pagination import page_params, paginate
+from clicky_chats.sse import frame
+from clicky_chats.views import api_endpoint, json_ok
+
+# A stream ends after the event that hands control back to the client, or a terminal one.
+STREAM_ENDS = frozenset(
+    f"thread.run.{status}"
+    for status in (
+        "requires_action",
+        "requires_confirmation",
+        "completed",
+        "failed",
+        "cancelled",
+        "expired",
+        "incomplete",
+    )
+)
+KEEP_ALIVE_S = 15.0
+DONE = b"event: done\ndata: [DONE]\n\n"
+
+
+def tier_of(request: HttpRequest) -> str:
+    return "rubra" if getattr(request, "api_tier", "v1") == "rubra" else "v1"
+
+
+def include_of(request: HttpRequest) -> frozenset[str]:
+    return frozenset(request.GET.getlist("include[]") + request.GET.getlist("include"))
+
+
+def _events_from(run_id: str, index: int) -> list[tuple[int, str, Any]]:
+    return list(
+        RunEvent.objects.filter(run_id=run_id, index__gte=index).order_by("index").values_list("index", "event", "data")
+    )
+
+
+def _run_exists(run_id: str) -> bool:
+    return Run.objects.filter(pk=run_id).exists()
+
+
+async def run_event_stream(run_id: str, start: int, tier: str, *, stop_at_pause: bool = True) -> AsyncIterator[bytes]:
+    """The run's stored events from `start` as SSE, live: it waits for the agent (in this process
+    or another) to write more, until the run pauses for the client or ends."""
+    bus.start_pg_listener()
+    waiter = bus.Waiter(run_id)
+    # Without LISTEN/NOTIFY (SQLite, agents in another process) new events are found by polling.
+    poll_s = 1.0 if connection.vendor == "postgresql" else 0.05
+    index = start
+    quiet_s = 0.0
+    try:
+        while True:
+            events = await sync_to_async(_events_from)(run_id, index)
+            for event_index, event, data in events:
+                index = event_index + 1
+                visible = render.event_for_tier(event, data, tier)
+                if visible is not None:
+                    yield frame(visible, event)
+                if stop_at_pause and event in STREAM_ENDS:
+                    yield DONE
+                    return
+            if events:
+                quiet_s = 0.0
+                continue
+            if not await waiter.wait(poll_s):
+                quiet_s += poll_s
+                if quiet_s >= KEEP_ALIVE_S:
+                    quiet_s = 0.0
+                    if not await sync_to_async(_run_exists)(run_id):
+                        yield frame(
+                            {
+                                "error": {
+                                    "message": f"Run {run_id} was deleted.",
+                                    "type": "invalid_request_error",
+                                    "param": None,
+                                    "code": None,
+                                }
+                            },
+                            "error",
+                        )
+                        return
+                    yield b": keep-alive\n\n"
+    finally:
+        waiter.close()
+
+
+def sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+@api_endpoint("GET", "POST")
+async def runs(request: HttpRequest, thread_id: str) -> HttpResponseBase:
+    project, tier = request.project, tier_of(request)
+    if request.method == "GET":
+        params = page_params(request.GET)
+        page = await sync_to_async(
+            lambda: paginate(flows.scoped_runs(project, thread_id), params, lambda run: render.run(run, tier))
+        )()
+        return json_ok(page)
+    body = v.read_json(request)
+
+    def create() -> Run:
+        fields = flows.check_run_body(project, body)
+        return flows.run_create(project, thread_id, fields)
+
+    run = await sync_to_async(create)()
+    if body.get("stream") is True:
+        return sse_response(run_event_stream(run.id, 0, tier))
+    return json_ok(render.run(run, tier))
+
+
+@api_endpoint("POST")
+async def thread_and_run(request: HttpRequest) -> HttpResponseBase:
+    project, tier = request.project, tier_of(request)
+    body = v.read_json(request)
+    run = await sync_to_async(flows.thread_and_run_create)(project, body)
+    if body.get("stream") is True:
+        return sse_response(run_event_stream(run.id, 0, tier))
+    return json_ok(render.run(run, tier))
+
+
+@api_endpoint("GET", "POST")
+async def run_detail(request: HttpRequest, thread_id: str, run_id: str) -> HttpResponse:
+    project, tier = request.project, tier_of(request)
+    if request.method == "GET":
+        return json_ok(render.run(await sync_to_async(flows.get_run)(project, thread_id, run_id), tier))
+    body = v.read_json(request)
+    return json_ok(render.run(await sync_to_async(flows.run_update)(project, thread_id, run_id, body), tier))
+
+
+@api_endpoint("POST")
+async def run_cancel(request: HttpRequest, thread_id: str, run_id: str) -> HttpResponse:
+    run = await sync_to_async(flows.run_cancel)(request.project, thread_id, run_id)
+    return json_ok(render.run(run, tier_of(request)))
+
+
+@api_endpoint("POST")
+async def run_submit_tool_outputs(request: HttpRequest, thread_id: str, run_id: str) -> HttpResponseBase:
+    tier = tier_of(request)
+    body = v.read_json(request)
+    run, start = await sync_to_async(flows.run_submit_tool_outputs)(request.project, thread_id, run_id, body)
+    if body.get("stream") is True:
+        return sse_response(run_event_stream(run.id, start, tier))
+    return json_ok(render.run(run, tier))
+
+
+@api_endpoint("GET")
+async def run_steps(request: HttpRequest, thread_id: str, run_id: str) -> HttpResponse:
+    project, tier, include = request.project, tier_of(request), include_of(request)
+    params = page_params(request.GET)
+
+    def page() -> dict[str, Any]:
+        run = flows.get_run(project, thread_id, run_id)
+        return paginate(RunStep.objects.filter(run=run), params, lambda step: render.run_step(step, tier, include))
+
+    return json_ok(await sync_to_async(page)())
+
+
+@api_endpoint("GET")
+async def run_step_detail(request: HttpRequest, thread_id: str, run_id: str, step_id: str) -> HttpResponse:
+    step = await sync_to_async(flows.get_step)(request.project, thread_id, run_id, step_id)
+    return json_ok(render.run_step(step, tier_of(request), include_of(request)))

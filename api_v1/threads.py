@@ -1,0 +1,266 @@
+"""Assistants, threads and messages: validation and the writes that touch more than one row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from api_v1 import tools as tool_rules
+from api_v1.models import Assistant, Message, Run, Thread
+from clicky_chats import validation as v
+from clicky_chats.errors import ApiError
+from clicky_chats.ids import new_id, now_ns, now_seconds
+from clicky_chats.scoping import get_scoped, scoped
+
+MAX_MESSAGE_CHARS = 256_000
+MAX_ATTACHMENTS = 20
+
+ASSISTANT_RULES: dict[str, v.Rule] = {
+    "model": v.string(nonempty=True, max_length=256),
+    "name": v.string(max_length=256),
+    "description": v.string(max_length=512),
+    "instructions": v.string(max_length=256_000),
+    "metadata": v.metadata(),
+    "temperature": v.number(minimum=0, maximum=2),
+    "top_p": v.number(minimum=0, maximum=1),
+    "reasoning_effort": v.string(),
+}
+ASSISTANT_FIELDS = (
+    "model",
+    "name",
+    "description",
+    "instructions",
+    "metadata",
+    "temperature",
+    "top_p",
+    "reasoning_effort",
+)
+
+
+def _assistant_extras(body: dict[str, Any], tier: str) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if "tools" in body:
+        fields["tools"] = tool_rules.check_tools(body["tools"] if body["tools"] is not None else [])
+    if "tool_resources" in body:
+        fields["tool_resources"] = tool_rules.check_tool_resources(body["tool_resources"])
+    if "response_format" in body:
+        fields["response_format"] = (
+            None if body["response_format"] is None else tool_rules.check_response_format(body["response_format"])
+        )
+    if tier == "rubra" and "gptscript_tools" in body:
+        v.check(body, {"gptscript_tools": v.array(max_items=128, items=v.string(nonempty=True))})
+        fields["gptscript_tools"] = body["gptscript_tools"]
+    return fields
+
+
+def assistant_create(project: str, body: dict[str, Any], tier: str = "v1") -> Assistant:
+    v.check(body, ASSISTANT_RULES, required=("model",))
+    fields = {name: body[name] for name in ASSISTANT_FIELDS if body.get(name) is not None}
+    fields.update(_assistant_extras(body, tier))
+    if fields.get("response_format") == "auto":
+        fields["response_format"] = None
+    return Assistant.objects.create(
+        id=new_id("asst_"), project=project, created_at=now_seconds(), created_ns=now_ns(), **fields
+    )
+
+
+def assistant_update(project: str, assistant_id: str, body: dict[str, Any], tier: str = "v1") -> Assistant:
+    v.check(body, ASSISTANT_RULES)
+    with transaction.atomic():
+        found = get_scoped(Assistant, project, assistant_id, noun="assistant")
+        for name in ASSISTANT_FIELDS:
+            if name in body and (body[name] is not None or name not in ("model", "metadata")):
+                setattr(found, name, body[name])
+        for name, value in _assistant_extras(body, tier).items():
+            setattr(found, name, None if value == "auto" else value)
+        found.save()
+    return found
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+
+def message_content(content: Any, param: str = "content") -> list[dict[str, Any]]:
+    """A request's content (a string or parts) as stored content parts."""
+    if isinstance(content, str):
+        _check_length(content, param)
+        return [{"type": "text", "text": {"value": content, "annotations": []}}]
+    if not isinstance(content, list) or not content:
+        raise v.invalid(param, "expected a string or a non-empty array of content parts.", "invalid_type")
+    parts: list[dict[str, Any]] = []
+    total = 0
+    for index, part in enumerate(content):
+        where = f"{param}[{index}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            text = part.get("text")
+            if isinstance(text, dict):  # echoed back in the stored shape
+                text = text.get("value")
+            if not isinstance(text, str):
+                raise v.invalid(f"{where}.text", "expected a string.", "invalid_type")
+            total += len(text)
+            parts.append({"type": "text", "text": {"value": text, "annotations": []}})
+        elif kind == "image_url":
+            image = part.get("image_url")
+            if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+                raise v.invalid(f"{where}.image_url", "expected an object with a url.", "invalid_type")
+            v.check(image, {"detail": v.string(enum=("auto", "low", "high"))})
+            parts.append(
+                {"type": "image_url", "image_url": {"url": image["url"], "detail": image.get("detail", "auto")}}
+            )
+        elif kind == "image_file":
+            image = part.get("image_file")
+            if not isinstance(image, dict) or not isinstance(image.get("file_id"), str):
+                raise v.invalid(f"{where}.image_file", "expected an object with a file_id.", "invalid_type")
+            v.check(image, {"detail": v.string(enum=("auto", "low", "high"))})
+            parts.append(
+                {
+                    "type": "image_file",
+                    "image_file": {"file_id": image["file_id"], "detail": image.get("detail", "auto")},
+                }
+            )
+        else:
+            raise v.invalid(f"{where}.type", f"'{kind}' is not one of 'text', 'image_url', 'image_file'.")
+    _check_length("", param, total)
+    return parts
+
+
+def _check_length(text: str, param: str, length: int | None = None) -> None:
+    size = len(text) if length is None else length
+    if size > MAX_MESSAGE_CHARS:
+        raise v.invalid(param, f"message content is at most {MAX_MESSAGE_CHARS} characters, got {size}.")
+
+
+def _attachments(value: Any, param: str) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise v.invalid(param, "expected an array.", "invalid_type")
+    if len(value) > MAX_ATTACHMENTS:
+        raise v.invalid(param, f"at most {MAX_ATTACHMENTS} attachments, got {len(value)}.")
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("file_id"), str):
+            raise v.invalid(f"{param}[{index}]", "expected an object with a file_id.", "invalid_type")
+        v.check(item, {"tools": v.array()})
+    return value
+
+
+def check_new_message(body: Any, param: str = "") -> dict[str, Any]:
+    """Validates one message of a request; returns the fields to store."""
+    prefix = f"{param}." if param else ""
+    if not isinstance(body, dict):
+        raise v.invalid(param or "body", "expected a message object.", "invalid_type")
+    if body.get("role") is None:
+        raise ApiError(
+            f"Missing required parameter: '{prefix}role'.", param=f"{prefix}role", code="missing_required_parameter"
+        )
+    if body.get("role") not in ("user", "assistant"):
+        raise v.invalid(f"{prefix}role", f"'{body.get('role')}' is not one of 'user', 'assistant'.")
+    if "content" not in body:
+        raise ApiError(
+            f"Missing required parameter: '{prefix}content'.",
+            param=f"{prefix}content",
+            code="missing_required_parameter",
+        )
+    v.check(body, {"metadata": v.metadata()}, prefix=prefix)
+    return {
+        "role": body["role"],
+        "content": message_content(body["content"], f"{prefix}content"),
+        "attachments": _attachments(body.get("attachments"), f"{prefix}attachments"),
+        "metadata": body.get("metadata") or {},
+    }
+
+
+def new_message(project: str, thread: Thread, fields: dict[str, Any], **extra: Any) -> Message:
+    now = now_seconds()
+    defaults: dict[str, Any] = {"status": "completed", "completed_at": now}
+    defaults.update(extra)
+    return Message.objects.create(
+        id=new_id("msg_"), project=project, thread=thread, created_at=now, created_ns=now_ns(), **fields, **defaults
+    )
+
+
+def active_run(thread: Thread) -> Run | None:
+    return Run.objects.filter(thread=thread, status__in=Run.ACTIVE).only("id").first()
+
+
+def message_create(project: str, thread_id: str, body: dict[str, Any]) -> Message:
+    fields = check_new_message(body)
+    with transaction.atomic():
+        thread = lock_thread(project, thread_id)
+        running = active_run(thread)
+        if running is not None:
+            raise ApiError(f"Can't add messages to {thread.id} while a run {running.id} is active.", param="thread_id")
+        return new_message(project, thread, fields)
+
+
+def message_update(project: str, thread_id: str, message_id: str, body: dict[str, Any]) -> Message:
+    v.check(body, {"metadata": v.metadata()})
+    with transaction.atomic():
+        found = get_message(project, thread_id, message_id)
+        if body.get("metadata") is not None:
+            found.metadata = body["metadata"]
+            found.save(update_fields=["metadata"])
+    return found
+
+
+def get_message(project: str, thread_id: str, message_id: str) -> Message:
+    thread = get_scoped(Thread, project, thread_id, noun="thread")
+    found = Message.objects.filter(thread=thread, pk=message_id).first()
+    if found is None:
+        raise ApiError(f"No message found with id '{message_id}'.", status=404)
+    return found
+
+
+# --- threads -----------------------------------------------------------------------------------
+
+
+def lock_thread(project: str, thread_id: str) -> Thread:
+    """The thread, locked for the rest of the transaction (PostgreSQL row lock; SQLite's IMMEDIATE
+    transactions already serialise writers), so "one active run per thread" holds under races."""
+    found = scoped(Thread, project).select_for_update().filter(pk=thread_id).first()
+    if found is None:
+        raise ApiError(f"No thread found with id '{thread_id}'.", status=404)
+    return found
+
+
+def check_thread_body(body: dict[str, Any], param: str = "") -> dict[str, Any]:
+    prefix = f"{param}." if param else ""
+    v.check(body, {"metadata": v.metadata(), "messages": v.array()}, prefix=prefix)
+    messages = [
+        check_new_message(item, f"{prefix}messages[{index}]") for index, item in enumerate(body.get("messages") or [])
+    ]
+    return {
+        "messages": messages,
+        "tool_resources": tool_rules.check_tool_resources(body.get("tool_resources"), f"{prefix}tool_resources"),
+        "metadata": body.get("metadata") or {},
+    }
+
+
+def thread_create(project: str, cleaned: dict[str, Any]) -> Thread:
+    """Creates the thread and its messages in one transaction: all of it or nothing."""
+    with transaction.atomic():
+        thread = Thread.objects.create(
+            id=new_id("thread_"),
+            project=project,
+            created_at=now_seconds(),
+            created_ns=now_ns(),
+            tool_resources=cleaned["tool_resources"],
+            metadata=cleaned["metadata"],
+        )
+        for fields in cleaned["messages"]:
+            new_message(project, thread, fields)
+    return thread
+
+
+def thread_update(project: str, thread_id: str, body: dict[str, Any]) -> Thread:
+    v.check(body, {"metadata": v.metadata()})
+    with transaction.atomic():
+        found = get_scoped(Thread, project, thread_id, noun="thread")
+        if "tool_resources" in body:
+            found.tool_resources = tool_rules.check_tool_resources(body["tool_resources"])
+        if body.get("metadata") is not None:
+            found.metadata = body["metadata"]
+        found.save()
+    return found
