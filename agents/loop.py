@@ -19,6 +19,7 @@ import uuid
 from agents import bus, engine
 from agents.db import db, refresh_connection
 from agents.runs import expire_overdue, run_claim
+from clicky_chats import upstream
 
 log = logging.getLogger("clicky_chats.agents")
 
@@ -74,6 +75,7 @@ class AgentLoop:
         finally:
             await self._shutdown(running)
             self._wake.close()
+            await upstream.close_session()
             log.info("%s stopped", self.name)
 
     def _finished(self, running: dict[asyncio.Task[None], str]):  # type: ignore[no-untyped-def]

@@ -49,8 +49,8 @@ async def _lifespan(receive: Any, send: Any) -> None:
             if agents is not None:
                 agents.stop()
                 await asyncio.to_thread(agents.stopped.wait, 30)
-            from clicky_chats.upstream import close_sessions
+            from clicky_chats.upstream import close_session
 
-            await close_sessions()
+            await close_session()
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -251,7 +251,8 @@ async def relay_raw(
     return streaming_response(upstream, relay_chunks(upstream))
 
 
-async def close_sessions() -> None:
-    for client in list(_sessions.values()):
-        await client.close()
-    _sessions.clear()
+async def close_session() -> None:
+    """Closes this event loop's upstream client (each loop has its own: server, in-process agents)."""
+    found = _sessions.pop(asyncio.get_running_loop(), None)
+    if found is not None:
+        await found.close()

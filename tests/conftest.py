@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.fake_upstream import FakeUpstream
-from tests.harness import Database, ServerProcess
+from tests.harness import AgentProcess, Database, ServerProcess
 
 ALICE_KEY = "sk-alice-test-key"
 BOB_KEY = "sk-bob-test-key"
@@ -42,13 +42,24 @@ def database() -> Iterator[Database]:
     db.stop()
 
 
+# Runs are driven by agents inside the server on SQLite (the embedded set-up), and by a separate
+# `runagent` process on PostgreSQL (the scale-out set-up), so both paths are tested.
+AGENTS_IN_SERVER = DB_KIND != "postgres"
+
+
 @pytest.fixture(scope="session")
 def server(database: Database, fake_upstream: FakeUpstream) -> Iterator[ServerProcess]:
     """The main server: keys for two projects, alice and bob."""
     proc = ServerProcess(
-        database, fake_upstream.base_url, env={"CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY},bob:{BOB_KEY}"}
+        database,
+        fake_upstream.base_url,
+        env={"CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY},bob:{BOB_KEY}", "CLICKY_CHATS_MODEL_BACKOFF_S": "0.05"},
+        with_agents=AGENTS_IN_SERVER,
     ).start()
+    agent = None if AGENTS_IN_SERVER else AgentProcess(proc).start()
     yield proc
+    if agent is not None:
+        agent.stop()
     proc.stop()
 
 

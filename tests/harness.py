@@ -156,3 +156,49 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait(5)
+
+
+class AgentProcess:
+    """`manage.py runagent` in a subprocess, sharing a server's database and environment."""
+
+    def __init__(self, server: ServerProcess, *args: str, env: dict[str, str] | None = None) -> None:
+        self.server = server
+        self.args = args
+        self.env = {**server.env, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = server.directory / f"agent-{secrets.token_hex(3)}.log"
+
+    def start(self) -> AgentProcess:
+        log = open(self.log_path, "wb")  # kept open for the process's life
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "runagent", *self.args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if "started" in self.log():
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the agent exited with {self.process.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"the agent did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
