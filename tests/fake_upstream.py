@@ -34,6 +34,7 @@ class Reply:
     content_type: str = "application/json"
     done: bool = True
     hang_after: int | None = None  # stream: stop sending (but keep the socket) after N chunks
+    break_after: int | None = None  # stream: close the socket mid-body after N chunks
 
     @classmethod
     def json(
@@ -68,9 +69,18 @@ class Reply:
         delay_s: float = 0.0,
         done: bool = True,
         hang_after: int | None = None,
+        break_after: int | None = None,
     ) -> Reply:
         """Each item is a JSON-able object sent as one `data:` event, or raw bytes sent as they are."""
-        return cls("stream", chunks=chunks, interval_s=interval_s, delay_s=delay_s, done=done, hang_after=hang_after)
+        return cls(
+            "stream",
+            chunks=chunks,
+            interval_s=interval_s,
+            delay_s=delay_s,
+            done=done,
+            hang_after=hang_after,
+            break_after=break_after,
+        )
 
     @classmethod
     def hang(cls) -> Reply:
@@ -288,20 +298,26 @@ class FakeUpstream:
             status=reply.status, headers={"Content-Type": "text/event-stream", **reply.headers}
         )
         await response.prepare(request)
+        chunks = reply.chunks if reply.break_after is None else reply.chunks[: reply.break_after]
         try:
-            for index, chunk in enumerate(reply.chunks):
+            for index, chunk in enumerate(chunks):
                 if reply.hang_after is not None and index >= reply.hang_after:
                     await asyncio.sleep(3600)
                 if index and reply.interval_s:
                     await asyncio.sleep(reply.interval_s)
                 data = chunk if isinstance(chunk, bytes) else b"data: " + orjson.dumps(chunk) + b"\n\n"
                 await response.write(data)
-            if reply.done:
-                await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
+            if len(chunks) == len(reply.chunks):
+                if reply.done:
+                    await response.write(b"data: [DONE]\n\n")
+                await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             self.disconnects += 1
             raise
+        if len(chunks) < len(reply.chunks):
+            # An upstream that dies mid-answer: the chunked body never gets its closing chunk.
+            request.transport.close()  # type: ignore[union-attr]
+            raise asyncio.CancelledError
         return response
 
     # --- default answers --------------------------------------------------------------------
