@@ -160,3 +160,112 @@ class RunEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id}#{self.index} {self.event}"
+
+
+class File(ProjectObject):
+    """An uploaded file. The bytes live in Django's storage (CLICKY_CHATS_DATA_DIR, or S3 through
+    django-storages by setting), under `storage_name`."""
+
+    filename = models.CharField(max_length=512)
+    purpose = models.CharField(max_length=32)
+    bytes = models.BigIntegerField()
+    status = models.CharField(max_length=16, default="processed")
+    status_details = models.TextField(null=True)
+    expires_at = models.BigIntegerField(null=True)
+    content_type = models.CharField(max_length=128, default="application/octet-stream")
+    storage_name = models.CharField(max_length=512)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "created_ns"]), models.Index(fields=["project", "purpose"])]
+
+    def __str__(self) -> str:
+        return f"{self.filename} ({self.id})"
+
+
+class Upload(ProjectObject):
+    filename = models.CharField(max_length=512)
+    purpose = models.CharField(max_length=32)
+    bytes = models.BigIntegerField()
+    mime_type = models.CharField(max_length=128)
+    status = models.CharField(max_length=16, default="pending")
+    expires_at = models.BigIntegerField()
+    file = models.ForeignKey(File, null=True, on_delete=models.SET_NULL, related_name="+")
+
+    def __str__(self) -> str:
+        return f"{self.filename} ({self.id}, {self.status})"
+
+
+class UploadPart(ProjectObject):
+    upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="parts")
+    bytes = models.BigIntegerField()
+    storage_name = models.CharField(max_length=512)
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class VectorStore(ProjectObject):
+    name = models.CharField(max_length=256, null=True)
+    description = models.TextField(null=True)
+    metadata = models.JSONField(default=dict)
+    expires_after = models.JSONField(null=True)
+    expires_at = models.BigIntegerField(null=True)
+    last_active_at = models.BigIntegerField(null=True)
+    # A store made for the Assistants v1 dialect (an assistant's `file_ids`), not listed in /v1.
+    hidden = models.BooleanField(default=False)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "created_ns"])]
+
+    def __str__(self) -> str:
+        return f"{self.name or self.id}"
+
+
+class FileBatch(ProjectObject):
+    vector_store = models.ForeignKey(VectorStore, on_delete=models.CASCADE, related_name="batches")
+    cancelled = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class VectorStoreFile(models.Model):
+    """A file in a vector store; its `id` in the API is the file's id. Agents ingest it."""
+
+    vector_store = models.ForeignKey(VectorStore, on_delete=models.CASCADE, related_name="files")
+    file = models.ForeignKey(File, on_delete=models.CASCADE, related_name="vector_store_files")
+    batch = models.ForeignKey(FileBatch, null=True, on_delete=models.SET_NULL, related_name="files")
+    project = models.CharField(max_length=64)
+    created_at = models.BigIntegerField()
+    created_ns = models.BigIntegerField()
+    status = models.CharField(max_length=16, default="in_progress", db_index=True)
+    last_error = models.JSONField(null=True)
+    usage_bytes = models.BigIntegerField(default=0)
+    chunking_strategy = models.JSONField()
+    attributes = models.JSONField(null=True)
+    # Ingestion's claim, as with runs: a lease, and a token each claim increments.
+    lease_expires_at = models.FloatField(null=True)
+    fence = models.BigIntegerField(default=0)
+    attempts = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["vector_store", "file"], name="vector_store_file_unique")]
+        indexes = [models.Index(fields=["vector_store", "created_ns"])]
+
+    def __str__(self) -> str:
+        return f"{self.file_id} in {self.vector_store_id} ({self.status})"
+
+
+class Chunk(models.Model):
+    """A piece of a file's text with its embedding (float32 bytes), ranked by the search engine."""
+
+    store_file = models.ForeignKey(VectorStoreFile, on_delete=models.CASCADE, related_name="chunks")
+    vector_store_id = models.CharField(max_length=64, db_index=True)
+    file_id = models.CharField(max_length=64)
+    ordinal = models.IntegerField()
+    text = models.TextField()
+    embedding = models.BinaryField()
+    dimensions = models.IntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.file_id}#{self.ordinal}"
