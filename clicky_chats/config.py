@@ -131,6 +131,9 @@ class Config:
     with_agents: bool
     secret_key: str = field(repr=False)
     run_expiry_s: int
+    max_file_bytes: int
+    embedding_model: str
+    knowledge_retrieval_api_url: str
 
 
 def load_secret_key(data_dir: Path) -> str:
@@ -180,4 +183,7 @@ def load() -> Config:
         with_agents=env_bool("CLICKY_CHATS_WITH_AGENTS", False),
         secret_key=load_secret_key(data_dir),
         run_expiry_s=env_int("CLICKY_CHATS_RUN_EXPIRY_S", 600, minimum=1),
+        max_file_bytes=env_int("CLICKY_CHATS_MAX_FILE_BYTES", 512 * 1024 * 1024, minimum=1),
+        embedding_model=env_str("CLICKY_CHATS_EMBEDDING_MODEL", "text-embedding-3-small"),
+        knowledge_retrieval_api_url=env_str("CLICKY_CHATS_KNOWLEDGE_RETRIEVAL_API_URL", "").rstrip("/"),
     )

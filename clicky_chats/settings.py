@@ -75,6 +75,17 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 
+# Uploaded files go through Django's storage API, so S3 (django-storages) is a setting, not a rewrite.
+STORAGES = {
+    "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": CONFIG.data_dir / "files"},
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Uploads above this are spooled to a temporary file, never held whole in memory.
+FILE_UPLOAD_TEMP_DIR = None
+
 STATIC_URL = "static/"
 STATIC_ROOT = CONFIG.data_dir / "static"
 
