@@ -12,6 +12,10 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "clicky_chats.settings")
 
 django_application = get_asgi_application()
+# Imported only now: the middleware module needs the apps that get_asgi_application() set up.
+from clicky_chats.middleware import RequestBodyLimit  # noqa: E402
+
+http_application = RequestBodyLimit(django_application)
 log = logging.getLogger("clicky_chats.asgi")
 
 
@@ -19,7 +23,7 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await _lifespan(receive, send)
         return
-    await django_application(scope, receive, send)
+    await http_application(scope, receive, send)
 
 
 async def _lifespan(receive: Any, send: Any) -> None:

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware
@@ -113,6 +114,64 @@ class ApiMiddleware:
             return None  # outside the API, let Django's debug page show it
         log.exception("unhandled error on %s %s", request.method, request.path)
         return ApiError("The server had an error while processing your request.", status=500).response()
+
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class RequestBodyLimit:
+    """ASGI wrapper: refuses a body over CLICKY_CHATS_MAX_REQUEST_BYTES while it arrives.
+
+    Django's ASGI handler reads the whole body (to a temporary file) before any middleware runs,
+    so a client could otherwise fill the disk with one upload, declared or chunked. A declared
+    Content-Length over the limit is answered before a byte of the body is read; a body without
+    one is counted as it comes and cut off at the limit. Either way the connection is closed,
+    since the rest of the body would still be on its way.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = settings.CONFIG.max_request_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                # The server delivers no more than a declared length; a bad number is the
+                # middleware's 400.
+                if value.isdigit() and int(value) > limit:
+                    await _send_too_large(send)
+                    return
+                await self.app(scope, receive, send)
+                return
+        received = 0
+
+        async def counting_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    await _send_too_large(send)
+                    return {"type": "http.disconnect"}  # Django stops reading and answers nothing
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+async def _send_too_large(send: Send) -> None:
+    body = orjson.dumps(_too_large().body())
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", ("req_" + uuid.uuid4().hex).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _too_large() -> ApiError:
