@@ -1,0 +1,209 @@
+"""Running command tools: a fresh temporary directory, a scrubbed environment, resource limits,
+a wall-clock timeout and a capped output; under bubblewrap with no network when configured.
+
+Command tools are off unless CLICKY_CHATS_ALLOW_COMMAND_TOOLS=true (checked where tools are
+created); this module is how they run once allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass
+
+from clicky_chats.config import env_bool, env_float, env_int, env_str
+
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def command_tools_allowed() -> bool:
+    return env_bool("CLICKY_CHATS_ALLOW_COMMAND_TOOLS", False)
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_s: float
+    cpu_s: int
+    memory_bytes: int
+    file_bytes: int
+    processes: int
+    output_bytes: int
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        timeout = env_float("CLICKY_CHATS_TOOL_TIMEOUT_S", 30.0)
+        return cls(
+            timeout_s=timeout,
+            cpu_s=max(1, int(timeout)),
+            memory_bytes=env_int("CLICKY_CHATS_TOOL_MEMORY_BYTES", 512 * 1024 * 1024, minimum=16 * 1024 * 1024),
+            file_bytes=env_int("CLICKY_CHATS_TOOL_FILE_BYTES", 64 * 1024 * 1024, minimum=1024),
+            processes=env_int("CLICKY_CHATS_TOOL_PROCESSES", 64, minimum=1),
+            output_bytes=env_int("CLICKY_CHATS_TOOL_OUTPUT_MAX_BYTES", 64 * 1024, minimum=256),
+        )
+
+
+@dataclass
+class CommandResult:
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    truncated: bool = False
+
+    def as_tool_output(self) -> str:
+        """What the model sees: stdout, or the failure with its exit code and stderr."""
+        if self.timed_out:
+            return "The tool call took too long to complete and was stopped."
+        if self.exit_code != 0:
+            return f"The tool exited with code {self.exit_code}: {self.stderr.strip() or self.stdout.strip()}"
+        return self.stdout
+
+
+def tool_environment(env_vars: dict[str, str], args: dict[str, str], input_json: str, workdir: str) -> dict[str, str]:
+    """Only PATH, HOME, LANG, the tool's own env_vars and its args: never the server's secrets."""
+    env = {"PATH": SAFE_PATH, "HOME": workdir, "LANG": "C.UTF-8", "GPTSCRIPT_INPUT": input_json}
+    env.update(env_vars)
+    for name, value in args.items():
+        env[name] = value
+        env[name.upper()] = value
+    return env
+
+
+def _with_limits(argv: list[str], limits: Limits) -> list[str]:
+    """Resource limits through util-linux's prlimit, applied before the tool's own code runs.
+    (A preexec_fn would do the same, but is unsafe in our multi-threaded server.)"""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        raise RuntimeError("command tools need util-linux's prlimit to set their resource limits")
+    return [
+        prlimit,
+        f"--cpu={limits.cpu_s}",
+        f"--as={limits.memory_bytes}",
+        f"--fsize={limits.file_bytes}",
+        f"--nproc={limits.processes}",
+        "--core=0",
+        "--",
+        *argv,
+    ]
+
+
+def _wrap_bwrap(argv: list[str], workdir: str) -> list[str]:
+    """Under bubblewrap: no network, a read-only system, only the work dir writable."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise RuntimeError("CLICKY_CHATS_TOOL_SANDBOX=bwrap but bubblewrap (bwrap) is not installed")
+    binds = ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    for path in ("/bin", "/lib", "/lib64", "/sbin"):
+        if os.path.exists(path):
+            binds += ["--ro-bind", path, path]
+    return [
+        bwrap,
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        *binds,
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--bind",
+        workdir,
+        workdir,
+        "--chdir",
+        workdir,
+        *argv,
+    ]
+
+
+async def run_command(
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    workdir: str,
+    stdin: bytes = b"",
+    limits: Limits | None = None,
+) -> CommandResult:
+    limits = limits or Limits.from_env()
+    argv = _with_limits(argv, limits)
+    if env_str("CLICKY_CHATS_TOOL_SANDBOX", "none") == "bwrap":
+        argv = _wrap_bwrap(argv, workdir)
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=workdir,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    cap = limits.output_bytes
+
+    async def read_capped(stream: asyncio.StreamReader) -> tuple[bytes, bool]:
+        data = b""
+        truncated = False
+        while chunk := await stream.read(65536):
+            if len(data) < cap:
+                data += chunk[: cap - len(data)]
+            else:
+                truncated = True  # keep draining so the child never blocks on a full pipe
+        return data, truncated or len(data) >= cap
+
+    async def communicate() -> tuple[tuple[bytes, bool], tuple[bytes, bool]]:
+        assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            process.stdin.write(stdin)
+            await process.stdin.drain()
+            process.stdin.close()
+        out, err = await asyncio.gather(read_capped(process.stdout), read_capped(process.stderr))
+        await process.wait()
+        return out, err
+
+    try:
+        (out, out_cut), (err, _) = await asyncio.wait_for(communicate(), limits.timeout_s)
+    except TimeoutError:
+        _kill_group(process.pid)
+        await process.wait()
+        return CommandResult(None, "", "", timed_out=True)
+    except asyncio.CancelledError:
+        _kill_group(process.pid)
+        raise
+    exit_code = process.returncode
+    stderr = err.decode("utf-8", "replace")
+    if exit_code is not None and exit_code < 0:
+        stderr = (stderr + f"\n(killed by signal {signal.Signals(-exit_code).name}: a resource limit was hit)").strip()
+    return CommandResult(exit_code, out.decode("utf-8", "replace"), stderr, truncated=out_cut)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def interpreter_argv(instruction: str, args: dict[str, str], script_path: str | None) -> list[str]:
+    """`#!python3 -c '...' ${x}` -> argv, with ${arg} substituted, and the script file appended
+    when the tool has a script body."""
+    line = instruction
+    for name, value in args.items():
+        line = line.replace("${" + name + "}", shlex.quote(value))
+    argv = shlex.split(line)
+    if argv and argv[0] == "/usr/bin/env" and len(argv) > 1:
+        argv = argv[1:]
+    if script_path is not None:
+        argv.append(script_path)
+    return argv
+
+
+@contextlib.contextmanager
+def fresh_workdir() -> object:
+    directory = tempfile.mkdtemp(prefix="clicky-tool-")
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
