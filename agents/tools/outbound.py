@@ -81,7 +81,7 @@ class GuardedBackend(httpcore2.AsyncNetworkBackend):
         self,
         host: str,
         port: int,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore2's interface
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore2.AsyncNetworkStream:
@@ -106,7 +106,7 @@ def guarded_client(*, timeout_s: float = 30.0, headers: dict[str, str] | None = 
     environment: a proxy would connect on our behalf, past the check."""
     transport = httpx2.AsyncHTTPTransport(trust_env=False)
     # httpx2 builds its pool without a way to pass a network backend; swap in one that has ours.
-    transport._pool = httpcore2.AsyncConnectionPool(  # noqa: SLF001
+    transport._pool = httpcore2.AsyncConnectionPool(
         ssl_context=ssl.create_default_context(), max_connections=20, network_backend=GuardedBackend()
     )
     return httpx2.AsyncClient(
