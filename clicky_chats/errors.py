@@ -6,9 +6,9 @@ import logging
 from typing import Any
 
 import orjson
-from django.http import HttpResponse
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponse
 from rest_framework import exceptions as drf_exceptions
-from rest_framework.response import Response
 
 log = logging.getLogger("clicky_chats.errors")
 
@@ -99,25 +99,34 @@ def _first_detail(detail: Any, path: str = "") -> tuple[str | None, str]:
     return (path or None), str(detail)
 
 
-def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's exceptions, and ours raised inside DRF views, in the OpenAI envelope."""
+def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse | None:
+    """DRF's exceptions, and ours raised inside DRF views, in the OpenAI envelope.
+
+    The answer is a plain JSON HttpResponse, not a DRF Response: a Response is rendered by the
+    view's own renderer, which would put the envelope in YAML on the schema view and in HTML on
+    the docs page.
+    """
     if isinstance(exc, ApiError):
-        response = Response(exc.body(), status=exc.status, headers=exc.headers or None)
-        return response
+        return exc.response()
+    # Django's own, as DRF's default handler converts them (get_object_or_404, permission checks).
+    if isinstance(exc, Http404):
+        exc = drf_exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = drf_exceptions.PermissionDenied()
     if isinstance(exc, drf_exceptions.ValidationError):
         param, message = _first_detail(exc.detail)
         text = f"Invalid value for '{param}': {message}" if param else message
-        return Response(envelope(text, status=400, param=param, code="invalid_value"), status=400)
+        return error_response(text, status=400, param=param, code="invalid_value")
     if isinstance(exc, drf_exceptions.ParseError):
-        return Response(envelope(f"We could not parse the JSON body of your request. {exc.detail}", status=400), 400)
+        return error_response(f"We could not parse the JSON body of your request. {exc.detail}", status=400)
     if isinstance(exc, drf_exceptions.UnsupportedMediaType):
-        return Response(envelope(str(exc.detail), status=415), status=415)
+        return error_response(str(exc.detail), status=415)
     if isinstance(exc, drf_exceptions.MethodNotAllowed):
         request = context.get("request")
         method = request.method if request is not None else "this method"
-        return Response(envelope(f"Method {method} is not allowed on this path.", status=405), status=405)
+        return error_response(f"Method {method} is not allowed on this path.", status=405)
     if isinstance(exc, drf_exceptions.NotFound):
-        return Response(envelope(str(exc.detail), status=404), status=404)
+        return error_response(str(exc.detail), status=404)
     if isinstance(exc, drf_exceptions.APIException):
-        return Response(envelope(str(exc.detail), status=exc.status_code), status=exc.status_code)
+        return error_response(str(exc.detail), status=exc.status_code)
     return None  # anything else is a bug: the middleware logs it and answers a generic 500

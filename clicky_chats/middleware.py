@@ -7,6 +7,7 @@ path. Admin requests get Django's session/auth/messages stack, which the API nev
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,8 +18,8 @@ from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
-from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponseBase
+from django.core.exceptions import BadRequest, PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.http import Http404, HttpRequest, HttpResponseBase
 
 from clicky_chats import auth
 from clicky_chats.errors import ApiError
@@ -27,6 +28,16 @@ log = logging.getLogger("clicky_chats.request")
 
 # Paths under /v1 anyone may read: the API's own description.
 PUBLIC_PATHS = ("/v1/openapi.yaml", "/v1/docs")
+# Where a body is a file upload, which may be as large as a file (CLICKY_CHATS_MAX_FILE_BYTES).
+FILE_UPLOAD_PATH = re.compile(r"^/v1/(?:rubra/)?(?:files|uploads/[^/]+/parts)$")
+
+
+def body_limit(path: str) -> tuple[int, str]:
+    """The most bytes a request body to `path` may have, and the variable that sets it."""
+    config = settings.CONFIG
+    if FILE_UPLOAD_PATH.match(path) and config.max_file_bytes > config.max_request_bytes:
+        return config.max_file_bytes, "CLICKY_CHATS_MAX_FILE_BYTES"
+    return config.max_request_bytes, "CLICKY_CHATS_MAX_REQUEST_BYTES"
 
 
 def api_tier(path: str) -> str | None:
@@ -89,8 +100,9 @@ class ApiMiddleware:
             declared = int(length)
         except ValueError:
             return ApiError("Content-Length is not a number.", status=400).response()
-        if declared > settings.CONFIG.max_request_bytes:
-            return _too_large().response()
+        limit, variable = body_limit(request.path_info)
+        if declared > limit:
+            return _too_large(limit, variable).response()
         return None
 
     def _authorize(self, request: HttpRequest, project: str | None) -> HttpResponseBase | None:
@@ -108,8 +120,18 @@ class ApiMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponseBase | None:
         if isinstance(exception, ApiError):
             return exception.response()
-        if isinstance(exception, RequestDataTooBig):
-            return _too_large().response()
+        if isinstance(exception, RequestDataTooBig):  # Django's own check, at DATA_UPLOAD_MAX_MEMORY_SIZE
+            return _too_large(settings.CONFIG.max_request_bytes, "CLICKY_CHATS_MAX_REQUEST_BYTES").response()
+        # Django's own answers to these would be HTML pages (and a 404 from the static files view
+        # names the path on disk); they are the client's mistakes, not server errors.
+        if isinstance(exception, Http404):
+            return ApiError(
+                f"Unknown request URL: {request.method} {request.path}.", status=404, code="unknown_url"
+            ).response()
+        if isinstance(exception, PermissionDenied):
+            return ApiError("You are not allowed to do this.", status=403).response()
+        if isinstance(exception, BadRequest | SuspiciousOperation):
+            return ApiError("The request is malformed.", status=400).response()
         if getattr(request, "api_tier", None) is None and settings.DEBUG:
             return None  # outside the API, let Django's debug page show it
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -121,7 +143,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class RequestBodyLimit:
-    """ASGI wrapper: refuses a body over CLICKY_CHATS_MAX_REQUEST_BYTES while it arrives.
+    """ASGI wrapper: refuses a body over its `body_limit` while it arrives.
 
     Django's ASGI handler reads the whole body (to a temporary file) before any middleware runs,
     so a client could otherwise fill the disk with one upload, declared or chunked. A declared
@@ -137,13 +159,13 @@ class RequestBodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = settings.CONFIG.max_request_bytes
+        limit, variable = body_limit(scope["path"])
         for name, value in scope["headers"]:
             if name == b"content-length":
                 # The server delivers no more than a declared length; a bad number is the
                 # middleware's 400.
                 if value.isdigit() and int(value) > limit:
-                    await _send_too_large(send)
+                    await _send_too_large(send, limit, variable)
                     return
                 await self.app(scope, receive, send)
                 return
@@ -155,15 +177,15 @@ class RequestBodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    await _send_too_large(send)
+                    await _send_too_large(send, limit, variable)
                     return {"type": "http.disconnect"}  # Django stops reading and answers nothing
             return message
 
         await self.app(scope, counting_receive, send)
 
 
-async def _send_too_large(send: Send) -> None:
-    body = orjson.dumps(_too_large().body())
+async def _send_too_large(send: Send, limit: int, variable: str) -> None:
+    body = orjson.dumps(_too_large(limit, variable).body())
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -174,10 +196,9 @@ async def _send_too_large(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _too_large() -> ApiError:
-    limit = settings.CONFIG.max_request_bytes
+def _too_large(limit: int, variable: str) -> ApiError:
     return ApiError(
-        f"Request body is larger than the limit of {limit} bytes (CLICKY_CHATS_MAX_REQUEST_BYTES).",
+        f"Request body is larger than the limit of {limit} bytes ({variable}).",
         status=413,
         code="request_too_large",
     )
