@@ -52,15 +52,18 @@ def page_envelope(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     }
 
 
-def paginate(queryset: models.QuerySet[M], params: PageParams, render: Callable[[M], dict[str, Any]]) -> dict[str, Any]:
-    """One page of a project-scoped queryset."""
+def paginate(
+    queryset: models.QuerySet[M], params: PageParams, render: Callable[[M], dict[str, Any]], *, id_field: str = "pk"
+) -> dict[str, Any]:
+    """One page of a project-scoped queryset. `id_field` holds the public id the cursors name, when
+    that is not the primary key (a vector store file's id is its file's id)."""
     descending = params.order == "desc"
-    queryset = _after(queryset, params.after, "after", older=descending)
+    queryset = _after(queryset, params.after, "after", older=descending, id_field=id_field)
     # `before` walks the other way from its anchor; fetch in reverse order, then flip back.
     reverse = params.before is not None
-    queryset = _after(queryset, params.before, "before", older=not descending)
+    queryset = _after(queryset, params.before, "before", older=not descending, id_field=id_field)
     walk_descending = descending != reverse
-    ordering = ("-created_ns", "-pk") if walk_descending else ("created_ns", "pk")
+    ordering = ("-created_ns", f"-{id_field}") if walk_descending else ("created_ns", id_field)
     rows = list(queryset.order_by(*ordering)[: params.limit + 1])
     has_more = len(rows) > params.limit
     rows = rows[: params.limit]
@@ -69,15 +72,17 @@ def paginate(queryset: models.QuerySet[M], params: PageParams, render: Callable[
     return page_envelope([render(row) for row in rows], has_more)
 
 
-def _after(queryset: models.QuerySet[M], cursor: str | None, param: str, *, older: bool) -> models.QuerySet[M]:
+def _after(
+    queryset: models.QuerySet[M], cursor: str | None, param: str, *, older: bool, id_field: str = "pk"
+) -> models.QuerySet[M]:
     if cursor is None:
         return queryset
-    anchor = queryset.filter(pk=cursor).values_list("created_ns", flat=True).first()
+    anchor = queryset.filter(**{id_field: cursor}).values_list("created_ns", flat=True).first()
     if anchor is None:
         raise invalid(param, f"no object with id '{cursor}' to page from.")
     if older:
-        return queryset.filter(Q(created_ns__lt=anchor) | Q(created_ns=anchor, pk__lt=cursor))
-    return queryset.filter(Q(created_ns__gt=anchor) | Q(created_ns=anchor, pk__gt=cursor))
+        return queryset.filter(Q(created_ns__lt=anchor) | Q(created_ns=anchor, **{f"{id_field}__lt": cursor}))
+    return queryset.filter(Q(created_ns__gt=anchor) | Q(created_ns=anchor, **{f"{id_field}__gt": cursor}))
 
 
 def paginate_sequence(items: Sequence[dict[str, Any]], params: PageParams) -> dict[str, Any]:
