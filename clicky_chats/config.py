@@ -114,6 +114,16 @@ def parse_dsn(raw: str) -> dict[str, object]:
     return db
 
 
+def parse_search_backend(raw: str, dsn: str) -> str:
+    """numpy (any database) or pgvector (PostgreSQL with the `vector` extension)."""
+    backend = raw.strip().lower()
+    if backend not in ("numpy", "pgvector"):
+        raise ConfigError(f"CLICKY_CHATS_SEARCH_BACKEND must be numpy or pgvector, not {raw!r}")
+    if backend == "pgvector" and not dsn.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("CLICKY_CHATS_SEARCH_BACKEND=pgvector needs a PostgreSQL CLICKY_CHATS_DSN")
+    return backend
+
+
 @dataclass(frozen=True)
 class Config:
     dsn: str
@@ -134,6 +144,8 @@ class Config:
     max_file_bytes: int
     embedding_model: str
     knowledge_retrieval_api_url: str
+    search_backend: str
+    search_cache_mb: int
 
 
 def load_secret_key(data_dir: Path) -> str:
@@ -186,4 +198,6 @@ def load() -> Config:
         max_file_bytes=env_int("CLICKY_CHATS_MAX_FILE_BYTES", 512 * 1024 * 1024, minimum=1),
         embedding_model=env_str("CLICKY_CHATS_EMBEDDING_MODEL", "text-embedding-3-small"),
         knowledge_retrieval_api_url=env_str("CLICKY_CHATS_KNOWLEDGE_RETRIEVAL_API_URL", "").rstrip("/"),
+        search_backend=parse_search_backend(env_str("CLICKY_CHATS_SEARCH_BACKEND", "numpy"), dsn),
+        search_cache_mb=env_int("CLICKY_CHATS_SEARCH_CACHE_MB", 1024, minimum=0),
     )
