@@ -6,7 +6,9 @@ from django.urls import path
 
 from api_v1 import proxy_views as proxy
 from api_v1 import run_views
+from api_rubrax.urls import FLAT_ALIASES
 from api_v1.assistant_views import AssistantViewSet, MessageViewSet, ThreadViewSet
+from api_v1.file_views import FileViewSet, UploadPartViewSet, UploadViewSet
 
 # OpenAI modifies with POST on the object's own path, not PUT or PATCH.
 COLLECTION = {"get": "list", "post": "create"}
@@ -41,4 +43,14 @@ urlpatterns = [
     path("threads/<str:thread_id>/runs/<str:run_id>/submit_tool_outputs", run_views.run_submit_tool_outputs),
     path("threads/<str:thread_id>/runs/<str:run_id>/steps", run_views.run_steps),
     path("threads/<str:thread_id>/runs/<str:run_id>/steps/<str:step_id>", run_views.run_step_detail),
+    # Files and uploads
+    path("files", FileViewSet.as_view({"get": "list", "post": "create"})),
+    path("files/<str:pk>", FileViewSet.as_view({"get": "retrieve", "delete": "destroy"})),
+    path("files/<str:pk>/content", FileViewSet.as_view({"get": "content"})),
+    path("uploads", UploadViewSet.as_view({"post": "create"})),
+    path("uploads/<str:pk>/parts", UploadPartViewSet.as_view({"post": "create"})),
+    path("uploads/<str:pk>/complete", UploadViewSet.as_view({"post": "complete"})),
+    path("uploads/<str:pk>/cancel", UploadViewSet.as_view({"post": "cancel"})),
+    # clicky-chats' own APIs under the flat names the later Rubra UI uses.
+    *FLAT_ALIASES,
 ]
