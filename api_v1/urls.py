@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from django.urls import path
 
+from api_rubrax.urls import FLAT_ALIASES
 from api_v1 import proxy_views as proxy
 from api_v1 import run_views
-from api_rubrax.urls import FLAT_ALIASES
 from api_v1.assistant_views import AssistantViewSet, MessageViewSet, ThreadViewSet
 from api_v1.file_views import FileViewSet, UploadPartViewSet, UploadViewSet
 
