@@ -12,9 +12,12 @@ import argparse
 import asyncio
 import base64
 import collections
+import math
+import re
 import struct
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +183,20 @@ def fake_embedding(text: str, dimensions: int = 8) -> list[float]:
     """Deterministic: the same text always embeds the same way."""
     seed = sum(ord(ch) * (i + 1) for i, ch in enumerate(text)) or 1
     return [((seed * (k + 3)) % 97) / 97.0 for k in range(dimensions)]
+
+
+# Embedding models whose name contains this get bag_of_words_embedding instead of fake_embedding.
+BAG_OF_WORDS_MARK = "bow"
+
+
+def bag_of_words_embedding(text: str, dimensions: int = 64) -> list[float]:
+    """Texts that share words embed close together (each word counts into a bucket chosen by a
+    stable hash; the vector has unit length), so retrieval can be tested for meaning, not noise."""
+    vector = [0.0] * dimensions
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        vector[zlib.crc32(word.encode()) % dimensions] += 1.0
+    norm = math.sqrt(sum(value * value for value in vector)) or 1.0
+    return [value / norm for value in vector]
 
 
 class FakeUpstream:
@@ -368,8 +385,12 @@ class FakeUpstream:
             texts = [inputs] if isinstance(inputs, str) else [str(item) for item in inputs or []]
             as_base64 = payload.get("encoding_format") == "base64" and not self.ignore_encoding_format
             data = []
+            bag_of_words = BAG_OF_WORDS_MARK in str(model)
             for index, text in enumerate(texts):
-                vector = fake_embedding(text, payload.get("dimensions") or 8)
+                if bag_of_words:
+                    vector = bag_of_words_embedding(text, payload.get("dimensions") or 64)
+                else:
+                    vector = fake_embedding(text, payload.get("dimensions") or 8)
                 encoded: Any = (
                     base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if as_base64 else vector
                 )
