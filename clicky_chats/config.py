@@ -82,6 +82,8 @@ def parse_api_keys(raw: str) -> dict[str, str]:
         project, key = project.strip(), key.strip()
         if not key or not project:
             raise ConfigError(f"CLICKY_CHATS_API_KEYS has an empty project or key in {entry!r}")
+        if keys.get(key, project) != project:
+            raise ConfigError(f"CLICKY_CHATS_API_KEYS gives one key to two projects, {keys[key]!r} and {project!r}")
         keys[key] = project
     return keys
 
@@ -175,9 +177,21 @@ def load_secret_key(data_dir: Path) -> str:
         raise ConfigError(f"CLICKY_CHATS_DATA_DIR {data_dir} is not writable: {exc}") from None
 
 
+def writable_data_dir(raw: str) -> Path:
+    """The data dir, made if missing. Checked at start-up, not at the first upload that needs it."""
+    data_dir = Path(raw).resolve()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"CLICKY_CHATS_DATA_DIR {data_dir} cannot be made: {exc.strerror}") from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"CLICKY_CHATS_DATA_DIR {data_dir} is not writable")
+    return data_dir
+
+
 def load() -> Config:
     dsn = env_str("CLICKY_CHATS_DSN", "sqlite:///clicky-chats.db")
-    data_dir = Path(env_str("CLICKY_CHATS_DATA_DIR", "./data")).resolve()
+    data_dir = writable_data_dir(env_str("CLICKY_CHATS_DATA_DIR", "./data"))
     models = tuple(m.strip() for m in env_str("CLICKY_CHATS_MODELS", "").split(",") if m.strip())
     return Config(
         dsn=dsn,
