@@ -88,7 +88,8 @@ def run(obj: Run, tier: str = "v1") -> dict[str, Any]:
         "instructions": obj.instructions or "",
         "tools": obj.tools,
         "metadata": obj.metadata,
-        "usage": obj.usage,
+        # The spec: null until the run is terminal, though the engine sums it turn by turn.
+        "usage": obj.usage if status in Run.TERMINAL else None,
         "temperature": obj.temperature,
         "top_p": obj.top_p,
         "max_prompt_tokens": obj.max_prompt_tokens,
