@@ -19,6 +19,12 @@ log = logging.getLogger("clicky_chats.bus")
 CHANNEL = "clicky_chats"
 QUEUE = "queue"  # the payload that means "a run is waiting to be claimed"
 
+
+def cancel_key(run_id: str) -> str:
+    """What the agent driving a run waits on, to stop the work as soon as the client cancels."""
+    return f"cancel:{run_id}"
+
+
 _lock = threading.Lock()
 _waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = defaultdict(set)
 

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 from django.conf import settings
 
-from agents import progress
+from agents import bus, progress
 from agents.db import db
 from agents.runs import MAX_ATTEMPTS, LeaseLost, run_release, run_renew
 from api_v1.models import Run
@@ -97,22 +97,27 @@ async def _stopped(run_id: str, fence: int, reason: str) -> None:
 
 
 async def _heartbeat(run_id: str, fence: int, config: Settings, work: asyncio.Task[Any], stop: dict[str, str]) -> None:
-    expires = await db(progress.expires_at, run_id)
-    while True:
-        await asyncio.sleep(config.heartbeat_s)
-        try:
-            status = await db(run_renew, run_id, fence, config.lease_s)
-        except LeaseLost:
-            stop["reason"] = "lost"
-            work.cancel()
-            return
-        if status == "cancelling":
-            stop["reason"] = "cancel"
-        elif expires is not None and now_seconds() >= expires:
-            stop["reason"] = "expire"
-        if stop:
-            work.cancel()
-            return
+    """Renews the lease every heartbeat_s, and looks at once when told the run was cancelled."""
+    cancelled = bus.Waiter(bus.cancel_key(run_id))
+    try:
+        expires = await db(progress.expires_at, run_id)
+        while True:
+            await cancelled.wait(config.heartbeat_s)
+            try:
+                status = await db(run_renew, run_id, fence, config.lease_s)
+            except LeaseLost:
+                stop["reason"] = "lost"
+                work.cancel()
+                return
+            if status == "cancelling":
+                stop["reason"] = "cancel"
+            elif expires is not None and now_seconds() >= expires:
+                stop["reason"] = "expire"
+            if stop:
+                work.cancel()
+                return
+    finally:
+        cancelled.close()
 
 
 async def _advance(run_id: str, fence: int, attempts: int) -> None:

@@ -349,7 +349,9 @@ def run_cancel(project: str, thread_id: str, run_id: str) -> Run:
         run.status = "cancelling"
         run.save(update_fields=["status"])
         events.run_event("cancelling")
-        if not held:
+        if held:
+            bus.publish(bus.cancel_key(run.id))  # its agent stops the work now, not at its next heartbeat
+        else:
             finish_cancelled(run, events)  # no agent holds it, so nobody else will finish it
     return run
 
@@ -358,10 +360,16 @@ def run_cancel(project: str, thread_id: str, run_id: str) -> Run:
 
 
 def close_open_work(run: Run, events: Events, *, step_status: str, message_reason: str | None) -> None:
-    """Ends the run's unfinished steps and messages along with it."""
+    """Ends the run's unfinished messages and steps along with it: each message before its step,
+    the order in which a finished turn closes them too."""
     now = now_seconds()
+    for message in Message.objects.filter(run_id=run.id, status="in_progress").order_by("created_ns"):
+        message.status, message.incomplete_at = "incomplete", now
+        message.incomplete_details = {"reason": message_reason} if message_reason else None
+        message.save()
+        events.add("thread.message.incomplete", render.message(message))
     stamp = {"cancelled": "cancelled_at", "failed": "failed_at", "expired": "expired_at"}.get(step_status)
-    for step in RunStep.objects.filter(run=run, status="in_progress"):
+    for step in RunStep.objects.filter(run=run, status="in_progress").order_by("created_ns"):
         step.status = step_status
         if stamp:
             setattr(step, stamp, now)
@@ -369,11 +377,6 @@ def close_open_work(run: Run, events: Events, *, step_status: str, message_reaso
             step.last_error = run.last_error
         step.save()
         events.add(f"thread.run.step.{step_status}", render.run_step(step, "rubra"))
-    for message in Message.objects.filter(run_id=run.id, status="in_progress"):
-        message.status, message.incomplete_at = "incomplete", now
-        message.incomplete_details = {"reason": message_reason} if message_reason else None
-        message.save()
-        events.add("thread.message.incomplete", render.message(message))
 
 
 def finish_cancelled(run: Run, events: Events) -> None:

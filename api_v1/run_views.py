@@ -33,6 +33,9 @@ STREAM_ENDS = frozenset(
     )
 )
 KEEP_ALIVE_S = 15.0
+# Sent with unfinished runs, as OpenAI does: the SDK's poll helpers wait this long between looks
+# instead of their default whole second.
+POLL_AFTER_MS = 200
 DONE = b"event: done\ndata: [DONE]\n\n"
 
 
@@ -99,6 +102,13 @@ async def run_event_stream(run_id: str, start: int, tier: str, *, stop_at_pause:
         waiter.close()
 
 
+def run_response(run: Run, tier: str) -> HttpResponse:
+    response = json_ok(render.run(run, tier))
+    if run.status in Run.ACTIVE:
+        response["openai-poll-after-ms"] = str(POLL_AFTER_MS)
+    return response
+
+
 def sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
     response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
@@ -124,7 +134,7 @@ async def runs(request: HttpRequest, thread_id: str) -> HttpResponseBase:
     run = await sync_to_async(create)()
     if body.get("stream") is True:
         return sse_response(run_event_stream(run.id, 0, tier))
-    return json_ok(render.run(run, tier))
+    return run_response(run, tier)
 
 
 @api_endpoint("POST")
@@ -134,22 +144,22 @@ async def thread_and_run(request: HttpRequest) -> HttpResponseBase:
     run = await sync_to_async(flows.thread_and_run_create)(project, body)
     if body.get("stream") is True:
         return sse_response(run_event_stream(run.id, 0, tier))
-    return json_ok(render.run(run, tier))
+    return run_response(run, tier)
 
 
 @api_endpoint("GET", "POST")
 async def run_detail(request: HttpRequest, thread_id: str, run_id: str) -> HttpResponse:
     project, tier = request.project, tier_of(request)
     if request.method == "GET":
-        return json_ok(render.run(await sync_to_async(flows.get_run)(project, thread_id, run_id), tier))
+        return run_response(await sync_to_async(flows.get_run)(project, thread_id, run_id), tier)
     body = v.read_json(request)
-    return json_ok(render.run(await sync_to_async(flows.run_update)(project, thread_id, run_id, body), tier))
+    return run_response(await sync_to_async(flows.run_update)(project, thread_id, run_id, body), tier)
 
 
 @api_endpoint("POST")
 async def run_cancel(request: HttpRequest, thread_id: str, run_id: str) -> HttpResponse:
     run = await sync_to_async(flows.run_cancel)(request.project, thread_id, run_id)
-    return json_ok(render.run(run, tier_of(request)))
+    return run_response(run, tier_of(request))
 
 
 @api_endpoint("POST")
@@ -159,7 +169,7 @@ async def run_submit_tool_outputs(request: HttpRequest, thread_id: str, run_id: 
     run, start = await sync_to_async(flows.run_submit_tool_outputs)(request.project, thread_id, run_id, body)
     if body.get("stream") is True:
         return sse_response(run_event_stream(run.id, start, tier))
-    return json_ok(render.run(run, tier))
+    return run_response(run, tier)
 
 
 @api_endpoint("GET")
