@@ -332,7 +332,10 @@ class FakeUpstream:
             self.disconnects += 1
             raise
         if len(chunks) < len(reply.chunks):
-            # An upstream that dies mid-answer: the chunked body never gets its closing chunk.
+            # An upstream that dies mid-answer, one interval after its last chunk (the client's
+            # aiohttp drops bytes it has not read yet when the connection breaks, so a break in the
+            # same instant would eat them): the chunked body never gets its closing chunk.
+            await asyncio.sleep(reply.interval_s)
             request.transport.close()  # type: ignore[union-attr]
             raise asyncio.CancelledError
         return response
