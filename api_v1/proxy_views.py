@@ -34,7 +34,7 @@ async def relay_json_request(
     if answer.status >= 400:
         return await upstream.error_response(answer)
     if streaming:
-        return upstream.streaming_response(answer, upstream.relay_chunks(answer))
+        return upstream.streaming_response(answer, upstream.relay_events(answer))
     content, _parsed = await upstream.read_json_answer(answer)
     return upstream.json_response(content, answer)
 
@@ -70,24 +70,8 @@ async def _chat_completion_stored(request: HttpRequest, body: dict[str, Any]) ->
         if stored_id != completion.get("id"):
             content = orjson.dumps({**completion, "id": stored_id})
         return upstream.json_response(content, answer)
-
-    assembler = stored.ChatStreamAssembler()
-    saved = False
-
-    async def save() -> None:
-        nonlocal saved
-        if not saved:
-            saved = True
-            await sync_to_async(stored.store_completion)(
-                project=project, request_body=body, completion=assembler.completion()
-            )
-
-    async def before_yield(chunk: bytes) -> None:
-        assembler.feed(chunk)
-        if assembler.done:
-            await save()  # stored before the client sees [DONE], so a retrieve right after finds it
-
-    return upstream.streaming_response(answer, upstream.relay_chunks(answer, before_yield, at_end=save))
+    stream = stored.StoredChatStream(project=project, request_body=body)
+    return upstream.streaming_response(answer, upstream.relay_events(answer, stream.on_event, at_end=stream.save))
 
 
 async def list_chat_completions(request: HttpRequest) -> HttpResponse:
@@ -112,8 +96,12 @@ async def chat_completion_detail(request: HttpRequest, completion_id: str) -> Ht
     if request.method == "DELETE":
         return json_ok(await sync_to_async(stored.delete_completion)(project, completion_id))
     body = v.read_json(request)
-    v.check(body, {"metadata": v.metadata()}, required=("metadata",))
-    return json_ok(await sync_to_async(stored.update_metadata)(project, completion_id, body["metadata"]))
+    if "metadata" not in body:
+        raise ApiError("Missing required parameter: 'metadata'.", param="metadata", code="missing_required_parameter")
+    v.check(body, {"metadata": v.metadata()})
+    # The spec's Metadata is an object or null; null clears it.
+    metadata = body["metadata"] or {}
+    return json_ok(await sync_to_async(stored.update_metadata)(project, completion_id, metadata))
 
 
 @api_endpoint("GET")

@@ -6,14 +6,17 @@ import logging
 from typing import Any
 
 import orjson
+from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
-from django.db.models.fields.json import KeyTextTransform
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import F, Func, TextField
+from django.db.models.sql.compiler import SQLCompiler
 
 from api_v1.models import StoredChatCompletion
 from clicky_chats.ids import new_id, now_ns, now_seconds
 from clicky_chats.pagination import PageParams, paginate, paginate_sequence
 from clicky_chats.scoping import get_scoped, scoped
-from clicky_chats.sse import SSEReader
+from clicky_chats.sse import SSEReader, frame
 
 log = logging.getLogger("clicky_chats.stored_completions")
 NOUN = "chat completion"
@@ -23,23 +26,28 @@ class ChatStreamAssembler:
     """Builds the `chat.completion` a stream of `chat.completion.chunk`s amounts to."""
 
     def __init__(self) -> None:
-        self.reader = SSEReader()
         self.done = False
+        self.failed = False  # the upstream sent an error frame: the answer is not whole
         self.head: dict[str, Any] = {}
         self.choices: dict[int, dict[str, Any]] = {}
         self.usage: dict[str, Any] | None = None
 
-    def feed(self, raw: bytes) -> None:
-        for _event, data in self.reader.feed(raw):
-            if data.strip() == b"[DONE]":
-                self.done = True
-                continue
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(chunk, dict):
-                self._apply(chunk)
+    def feed(self, data: bytes) -> dict[str, Any] | None:
+        """One event's data; returns the chunk it held, if it was one."""
+        if data.strip() == b"[DONE]":
+            self.done = True
+            return None
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(chunk, dict):
+            return None
+        if chunk.get("error"):
+            self.failed = True
+            return None
+        self._apply(chunk)
+        return chunk
 
     def _apply(self, chunk: dict[str, Any]) -> None:
         for key in ("id", "created", "model", "system_fingerprint", "service_tier"):
@@ -96,13 +104,70 @@ class ChatStreamAssembler:
         }
 
 
+class StoredChatStream:
+    """A `store: true` stream on its way to the client. Each event is assembled into the completion,
+    which is saved before the client sees [DONE], so a retrieve right after the stream finds it; an
+    answer that breaks off or carries an error frame is not saved at all.
+
+    When the upstream's id is already stored (Ollama numbers its completions chatcmpl-0..999), every
+    chunk is renamed to a fresh id, so the id the client sees is the one it can retrieve."""
+
+    def __init__(self, *, project: str, request_body: dict[str, Any]) -> None:
+        self.project = project
+        self.request_body = request_body
+        self.assembler = ChatStreamAssembler()
+        self.reader = SSEReader()
+        self.upstream_id: str | None = None
+        self.stored_id: str | None = None
+        self.saved = False
+
+    async def on_event(self, raw: bytes) -> bytes:
+        """One whole event (from sse.EventCutter) in; what the client gets out."""
+        frames: list[bytes] = []
+        renamed = False
+        for event, data in self.reader.feed(raw):
+            chunk = self.assembler.feed(data)
+            if chunk is not None and self.stored_id is None and isinstance(chunk.get("id"), str) and chunk["id"]:
+                await self._choose_id(chunk["id"])
+            if chunk is not None and self.stored_id != self.upstream_id and chunk.get("id") == self.upstream_id:
+                frames.append(frame({**chunk, "id": self.stored_id}, event))
+                renamed = True
+            else:
+                frames.append(frame(data, event))
+        if self.assembler.done:
+            await self.save()
+        return b"".join(frames) if renamed else raw
+
+    async def _choose_id(self, upstream_id: str) -> None:
+        self.upstream_id = upstream_id
+        is_free = await sync_to_async(completion_id_is_free)(upstream_id)
+        self.stored_id = upstream_id if is_free else new_id("chatcmpl-")
+
+    async def save(self) -> None:
+        if self.saved or self.assembler.failed:
+            return
+        self.saved = True
+        completion = self.assembler.completion()
+        if self.stored_id is not None:
+            completion["id"] = self.stored_id
+        stored_id = await sync_to_async(store_completion)(
+            project=self.project, request_body=self.request_body, completion=completion
+        )
+        if stored_id != completion["id"]:  # taken by a concurrent stream since the check
+            log.warning("streamed completion %s was stored as %s", completion["id"], stored_id)
+
+
+def completion_id_is_free(completion_id: str) -> bool:
+    return not StoredChatCompletion.objects.filter(pk=completion_id).exists()
+
+
 def store_completion(*, project: str, request_body: dict[str, Any], completion: dict[str, Any]) -> str:
     """Saves a completion; returns the id it is stored under (a fresh one if the upstream's id is
     already taken, as a dumb upstream may repeat ids)."""
     completion_id = str(completion.get("id") or new_id("chatcmpl-"))
     fields = {
         "project": project,
-        "created_at": int(completion.get("created") or now_seconds()),
+        "created_at": _unix_seconds(completion.get("created")),
         "created_ns": now_ns(),
         "model": str(completion.get("model") or request_body.get("model") or "")[:256],
         "metadata": request_body.get("metadata") or {},
@@ -121,8 +186,37 @@ def store_completion(*, project: str, request_body: dict[str, Any], completion: 
     raise RuntimeError("could not find a free completion id")
 
 
+def _unix_seconds(value: Any) -> int:
+    """The upstream's `created`, or now when it sent none or something that is not a time."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 2**53:
+        return int(value)
+    return now_seconds()
+
+
 def render(stored: StoredChatCompletion) -> dict[str, Any]:
     return {**stored.completion, "id": stored.id, "metadata": stored.metadata or {}}
+
+
+class MetadataValue(Func):
+    """The text value of one `metadata` key. The key is always one literal object key: Django's
+    KeyTextTransform would read `0` as an array index, and its `=` on SQLite parses the right-hand
+    side as JSON ("malformed JSON" for a plain string)."""
+
+    output_field = TextField()
+
+    def __init__(self, key: str) -> None:
+        super().__init__(F("metadata"))
+        self.key = key
+
+    def as_sql(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra_context: Any
+    ) -> tuple[str, list[Any]]:
+        column, params = compiler.compile(self.source_expressions[0])
+        if connection.vendor == "postgresql":
+            return f"({column} ->> %s)", [*params, self.key]
+        # SQLite: json_each's `key` is the decoded label, so any key matches (a JSON path cannot
+        # spell a key holding a double quote, and compares escaped non-ASCII text).
+        return f"(SELECT value FROM json_each({column}) WHERE key = %s)", [*params, self.key]
 
 
 def list_completions(
@@ -132,9 +226,8 @@ def list_completions(
     if model:
         queryset = queryset.filter(model=model)
     for index, (key, value) in enumerate(metadata.items()):
-        # KeyTextTransform takes the key as one literal key, so `a__b` cannot become a nested path.
         alias = f"_meta_{index}"
-        queryset = queryset.annotate(**{alias: KeyTextTransform(key, "metadata")}).filter(**{alias: value})
+        queryset = queryset.annotate(**{alias: MetadataValue(key)}).filter(**{alias: value})
     return paginate(queryset, params, render)
 
 

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 
 from clicky_chats.errors import ApiError, envelope, error_type_for
+from clicky_chats.sse import EventCutter
 
 log = logging.getLogger("clicky_chats.upstream")
 
@@ -207,24 +208,52 @@ def stream_error_frame(error: ApiError) -> bytes:
 
 async def relay_chunks(
     upstream: aiohttp.ClientResponse,
-    before_yield: Callable[[bytes], Awaitable[None]] | None = None,
-    at_end: Callable[[], Awaitable[None]] | None = None,
+    rewrite: Callable[[bytes], Awaitable[bytes]] | None = None,
+    at_end: Callable[[], Awaitable[bytes]] | None = None,
 ) -> AsyncIterator[bytes]:
     """Each upstream chunk, the moment it arrives, unchanged. Closing this iterator (the client went
-    away) closes the upstream connection. `before_yield` sees each chunk before the client does;
-    `at_end` runs once after the upstream finished cleanly."""
+    away) closes the upstream connection. `rewrite` turns each chunk into what the client gets;
+    `at_end` runs once after the upstream finished cleanly, and what it returns is sent last."""
     try:
         async for chunk in upstream.content.iter_any():
-            if before_yield is not None:
-                await before_yield(chunk)
-            yield chunk
+            if rewrite is not None:
+                chunk = await rewrite(chunk)
+            if chunk:
+                yield chunk
         if at_end is not None:
-            await at_end()
+            tail = await at_end()
+            if tail:
+                yield tail
     except (TimeoutError, aiohttp.ClientError) as exc:
         log.warning("upstream stream broke off: %r", exc)
         yield stream_error_frame(unreachable(exc))
     finally:
         upstream.close()
+
+
+def relay_events(
+    upstream: aiohttp.ClientResponse,
+    on_event: Callable[[bytes], Awaitable[bytes]] | None = None,
+    at_end: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[bytes]:
+    """An upstream event stream, each event handed on as soon as it is whole, byte for byte (or as
+    `on_event` rewrites it). A partial event is held back, so the error frame that follows a break
+    never lands inside one. `at_end` runs once after the upstream finished cleanly."""
+    cutter = EventCutter()
+
+    async def whole_events(chunk: bytes) -> bytes:
+        events = cutter.feed(chunk)
+        if on_event is None:
+            return b"".join(events)
+        return b"".join([await on_event(event) for event in events])
+
+    async def finish() -> bytes:
+        if at_end is not None:
+            await at_end()
+        # An unterminated last event goes on as it came; SSE parsers drop it, as they would have.
+        return cutter.rest()
+
+    return relay_chunks(upstream, whole_events, finish)
 
 
 def streaming_response(
