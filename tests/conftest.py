@@ -53,7 +53,12 @@ def server(database: Database, fake_upstream: FakeUpstream) -> Iterator[ServerPr
     proc = ServerProcess(
         database,
         fake_upstream.base_url,
-        env={"CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY},bob:{BOB_KEY}", "CLICKY_CHATS_MODEL_BACKOFF_S": "0.05"},
+        env={
+            "CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY},bob:{BOB_KEY}",
+            "CLICKY_CHATS_MODEL_BACKOFF_S": "0.05",
+            # Vector stores embed with the fake's bag-of-words model, so search ranks by shared words.
+            "CLICKY_CHATS_EMBEDDING_MODEL": "fake-bow-embedder",
+        },
         with_agents=AGENTS_IN_SERVER,
     ).start()
     agent = None if AGENTS_IN_SERVER else AgentProcess(proc).start()
