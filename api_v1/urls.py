@@ -7,6 +7,7 @@ from django.urls import path
 from api_rubrax.urls import FLAT_ALIASES
 from api_v1 import proxy_views as proxy
 from api_v1 import run_views
+from api_v1 import vector_store_views as stores
 from api_v1.assistant_views import AssistantViewSet, MessageViewSet, ThreadViewSet
 from api_v1.file_views import FileViewSet, UploadPartViewSet, UploadViewSet
 
@@ -51,6 +52,17 @@ urlpatterns = [
     path("uploads/<str:pk>/parts", UploadPartViewSet.as_view({"post": "create"})),
     path("uploads/<str:pk>/complete", UploadViewSet.as_view({"post": "complete"})),
     path("uploads/<str:pk>/cancel", UploadViewSet.as_view({"post": "cancel"})),
+    # Vector stores
+    path("vector_stores", stores.stores),
+    path("vector_stores/<str:vector_store_id>", stores.store_detail),
+    path("vector_stores/<str:vector_store_id>/search", stores.store_search),
+    path("vector_stores/<str:vector_store_id>/files", stores.store_files),
+    path("vector_stores/<str:vector_store_id>/files/<str:file_id>", stores.store_file_detail),
+    path("vector_stores/<str:vector_store_id>/files/<str:file_id>/content", stores.store_file_content),
+    path("vector_stores/<str:vector_store_id>/file_batches", stores.file_batches),
+    path("vector_stores/<str:vector_store_id>/file_batches/<str:batch_id>", stores.file_batch_detail),
+    path("vector_stores/<str:vector_store_id>/file_batches/<str:batch_id>/cancel", stores.file_batch_cancel),
+    path("vector_stores/<str:vector_store_id>/file_batches/<str:batch_id>/files", stores.file_batch_files),
     # clicky-chats' own APIs under the flat names the later Rubra UI uses.
     *FLAT_ALIASES,
 ]

@@ -1,0 +1,653 @@
+"""The vector-store search engine: embed the query through the upstream, find the nearest chunks,
+re-rank them with a keyword score, and answer in the `vector_store.search_results.page` item shape.
+
+Finding the nearest chunks sits behind one small interface, `Backend`, with two implementations
+that honour the same contract (cosine similarity of unit vectors, best first):
+
+* `NumpyBackend` (default, SQLite or PostgreSQL): brute force over the float32 embeddings stored in
+  `Chunk.embedding`, kept per store in an in-process cache that is checked against the database on
+  every search (chunk count and highest id), grown in place when chunks are only added, and bounded
+  by CLICKY_CHATS_SEARCH_CACHE_MB.
+* `PgvectorBackend` (PostgreSQL with the `vector` extension): a side table per embedding dimension,
+  `clicky_chunk_vectors_<d>`, with an HNSW index, filled when chunks are written and back-filled
+  the first time a process searches a store. Its rows go with their chunk (ON DELETE CASCADE).
+
+Ranking is hybrid: the backend returns a candidate pool by cosine similarity, and each candidate's
+score is 0.75 x similarity + 0.25 x the share of the query's terms the chunk contains. With
+`ranking_options.ranker = "none"` the score is the similarity alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+import numpy as np
+import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, Max
+
+from api_v1.models import Chunk, VectorStoreFile
+from api_v1.vector_stores import store_touch
+from clicky_chats import upstream
+from clicky_chats import validation as v
+from clicky_chats.errors import ApiError
+
+log = logging.getLogger("clicky_chats.search")
+
+VECTOR_WEIGHT = 0.75
+KEYWORD_WEIGHT = 0.25
+RANKERS = ("none", "auto", "default-2024-11-15")
+MAX_FILTER_DEPTH = 8
+COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
+
+
+# --- the results contract ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    chunk_id: int
+    store_file_id: int
+    similarity: float  # cosine similarity of the chunk and the closest query, -1..1
+
+
+class Backend(Protocol):
+    name: str
+
+    def index(self, chunks: Sequence[Chunk]) -> None:
+        """Called in the transaction that writes `chunks`, so the index never sees a half-written file."""
+
+    def nearest(
+        self, store_ids: Sequence[str], store_file_ids: Sequence[int], queries: np.ndarray, limit: int
+    ) -> list[Candidate]:
+        """Up to `limit` chunks of the given stores and store files, most similar first. `queries` is
+        (q, d) with unit rows; a chunk's similarity is its best over the queries."""
+
+
+# --- embeddings ----------------------------------------------------------------------------------
+
+
+class EmbeddingError(Exception):
+    """The upstream could not embed: `status` is what a client should see (429 passes through)."""
+
+    def __init__(
+        self, message: str, status: int = 502, *, retryable: bool = False, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retryable = retryable  # a 429, a 5xx or a lost connection may go through later
+        self.retry_after = retry_after
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        return float(headers.get("retry-after", ""))
+    except ValueError:
+        return None
+
+
+async def embed_once(texts: list[str]) -> np.ndarray:
+    """One `POST /embeddings` with the configured model -> a float32 (len(texts), d) array."""
+    body = orjson.dumps({"model": settings.CONFIG.embedding_model, "input": texts})
+    try:
+        answer = await upstream.open_upstream(
+            "POST", "embeddings", body=body, content_type="application/json", streaming=False
+        )
+    except ApiError as exc:  # unreachable (502) or timed out (504)
+        raise EmbeddingError(exc.message, status=exc.status, retryable=True) from None
+    if answer.status >= 400:
+        try:
+            raw = await answer.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise EmbeddingError(upstream.unreachable(exc).message, retryable=True) from None
+        finally:
+            answer.release()
+        message = upstream.upstream_error_body(answer.status, raw)["error"]["message"]
+        raise EmbeddingError(
+            f"The embedding model upstream answered {answer.status}: {message}",
+            status=429 if answer.status == 429 else 502,
+            retryable=answer.status == 429 or answer.status >= 500,
+            retry_after=_retry_after(answer.headers),
+        ) from None
+    try:
+        _raw, parsed = await upstream.read_json_answer(answer)
+    except ApiError as exc:
+        raise EmbeddingError(exc.message, status=exc.status, retryable=exc.status in (502, 504)) from None
+    return _vectors_from(parsed, len(texts))
+
+
+def _vectors_from(parsed: dict[str, Any], expected: int) -> np.ndarray:
+    data = parsed.get("data")
+    if not isinstance(data, list) or len(data) != expected:
+        raise EmbeddingError(
+            f"The embedding upstream answered with {len(data or [])} embeddings for {expected} inputs."
+        )
+    rows: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * expected
+    for position, item in enumerate(data):
+        index = item.get("index", position) if isinstance(item, dict) else None
+        embedding = item.get("embedding") if isinstance(item, dict) else None
+        if not isinstance(index, int) or not 0 <= index < expected:
+            raise EmbeddingError("The embedding upstream answered with an embedding of no valid index.")
+        if isinstance(embedding, str):  # an upstream that answers base64 whatever was asked
+            vector = np.frombuffer(base64.b64decode(embedding), dtype="<f4").astype(np.float32)
+        elif isinstance(embedding, list) and embedding:
+            vector = np.asarray(embedding, dtype=np.float32)
+        else:
+            raise EmbeddingError("The embedding upstream answered with an embedding that is not a list of numbers.")
+        rows[index] = vector
+    dims = {row.shape[0] for row in rows}
+    if len(dims) != 1 or 0 in dims:
+        raise EmbeddingError("The embedding upstream answered with embeddings of different lengths.")
+    matrix = np.vstack(rows)
+    if not np.isfinite(matrix).all():
+        raise EmbeddingError("The embedding upstream answered with embeddings that are not finite numbers.")
+    return matrix
+
+
+async def embed_texts(texts: list[str], *, retries: int = 0, backoff_s: float = 0.5) -> np.ndarray:
+    """embed_once, retried after a 429, a 5xx or a lost connection (an upstream retry-after wins)."""
+    attempt = 0
+    while True:
+        try:
+            return await embed_once(texts)
+        except EmbeddingError as exc:
+            if not exc.retryable or attempt >= retries:
+                raise
+            delay = exc.retry_after if exc.retry_after is not None else backoff_s * 2**attempt
+            attempt += 1
+            await asyncio.sleep(min(delay, 30.0))
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0  # a zero vector stays zero: similar to nothing
+    return (matrix / norms).astype(np.float32, copy=False)
+
+
+# --- keywords ------------------------------------------------------------------------------------
+
+WORD = re.compile(r"[^\W_]+")
+STOPWORDS = frozenset(
+    """a an and are as at be but by can could did do does for from had has have how i if in into is it
+    its me my no not of on or our she so than that the their them then there these they this to
+    was we were what when where which who whom why will with would you your""".split()
+)
+
+
+def terms_of(text: str) -> set[str]:
+    return {word for word in WORD.findall(text.lower()) if word not in STOPWORDS}
+
+
+def keyword_score(query_terms: set[str], text: str) -> float:
+    """The share of the query's terms that the chunk contains, 0..1."""
+    if not query_terms:
+        return 0.0
+    return len(query_terms & terms_of(text)) / len(query_terms)
+
+
+def rewrite_query(query: str) -> str:
+    """`rewrite_query: true` without a model call: the query's content words, in order."""
+    words = [word for word in WORD.findall(query) if word.lower() not in STOPWORDS]
+    return " ".join(words) or query
+
+
+# --- filters on file attributes ------------------------------------------------------------------
+
+
+def check_filters(value: Any, param: str = "filters", depth: int = 0) -> dict[str, Any]:
+    """A ComparisonFilter {type, key, value} or CompoundFilter {type: and|or, filters}."""
+    if not isinstance(value, dict):
+        raise v.invalid(param, "expected a comparison or compound filter object.", "invalid_type")
+    if depth > MAX_FILTER_DEPTH:
+        raise v.invalid(param, f"filters nest at most {MAX_FILTER_DEPTH} levels deep.")
+    kind = value.get("type")
+    if kind in ("and", "or"):
+        v.check(value, {"filters": v.array(min_items=1, max_items=64)}, required=("filters",), prefix=f"{param}.")
+        return {
+            "type": kind,
+            "filters": [
+                check_filters(item, f"{param}.filters[{index}]", depth + 1)
+                for index, item in enumerate(value["filters"])
+            ],
+        }
+    if kind not in COMPARISONS:
+        allowed = ", ".join(repr(k) for k in (*COMPARISONS, "and", "or"))
+        raise v.invalid(f"{param}.type", f"'{kind}' is not one of {allowed}.")
+    v.check(value, {"key": v.string(nonempty=True)}, required=("key", "value"), prefix=f"{param}.")
+    operand = value["value"]
+    if kind in ("in", "nin"):
+        if not isinstance(operand, list) or not all(
+            _is_scalar(item) and not isinstance(item, bool) for item in operand
+        ):
+            raise v.invalid(f"{param}.value", f"'{kind}' compares with an array of strings or numbers.", "invalid_type")
+    elif not _is_scalar(operand):
+        raise v.invalid(f"{param}.value", "expected a string, a number or a boolean.", "invalid_type")
+    elif kind in ("gt", "gte", "lt", "lte") and isinstance(operand, bool):
+        raise v.invalid(f"{param}.value", f"'{kind}' compares with a number or a string.", "invalid_type")
+    return {"type": kind, "key": value["key"], "value": operand}
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
+
+
+def _kind(value: Any) -> str:
+    """Values compare only within one kind: True is not 1, and "2" is not 2."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    return "string" if isinstance(value, str) else "other"
+
+
+def _equal(left: Any, right: Any) -> bool:
+    return _kind(left) == _kind(right) and left == right
+
+
+def matches(condition: dict[str, Any] | None, attributes: dict[str, Any]) -> bool:
+    """Whether a file's attributes pass a checked filter. A missing key fails every comparison
+    except ne and nin."""
+    if condition is None:
+        return True
+    kind = condition["type"]
+    if kind == "and":
+        return all(matches(item, attributes) for item in condition["filters"])
+    if kind == "or":
+        return any(matches(item, attributes) for item in condition["filters"])
+    operand = condition["value"]
+    if condition["key"] not in attributes:
+        return kind in ("ne", "nin")
+    actual = attributes[condition["key"]]
+    if kind == "eq":
+        return _equal(actual, operand)
+    if kind == "ne":
+        return not _equal(actual, operand)
+    if kind == "in":
+        return any(_equal(actual, item) for item in operand)
+    if kind == "nin":
+        return not any(_equal(actual, item) for item in operand)
+    if _kind(actual) != _kind(operand) or _kind(actual) not in ("number", "string"):
+        return False
+    if kind == "gt":
+        return bool(actual > operand)
+    if kind == "gte":
+        return bool(actual >= operand)
+    if kind == "lt":
+        return bool(actual < operand)
+    return bool(actual <= operand)
+
+
+# --- backend (a): NumPy over the stored float32 embeddings ---------------------------------------
+
+
+@dataclass(frozen=True)
+class _StoreMatrix:
+    count: int
+    top_id: int
+    chunk_ids: np.ndarray  # int64 (n,)
+    store_file_ids: np.ndarray  # int64 (n,)
+    vectors: np.ndarray  # float32 (n, d), unit rows
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.vectors.nbytes + self.chunk_ids.nbytes + self.store_file_ids.nbytes)
+
+
+def _load_rows(store_id: str, dims: int, after_id: int, up_to_id: int, expected: int) -> _StoreMatrix:
+    """The store's chunks with after_id < id <= up_to_id, read straight into one preallocated array
+    (a 100k x 1536 store is 600 MB: it must not be copied around on the way)."""
+    rows = (
+        Chunk.objects.filter(vector_store_id=store_id, dimensions=dims, id__gt=after_id, id__lte=up_to_id)
+        .order_by("id")
+        .values_list("id", "store_file_id", "embedding")
+    )
+    capacity = max(expected, 16)
+    vectors = np.empty((capacity, dims), dtype=np.float32)
+    chunk_ids = np.empty(capacity, dtype=np.int64)
+    store_file_ids = np.empty(capacity, dtype=np.int64)
+    count = 0
+    for chunk_id, store_file_id, embedding in rows.iterator(chunk_size=2000):
+        if count == capacity:  # rows committed since the count was taken
+            capacity *= 2
+            vectors = np.resize(vectors, (capacity, dims))
+            chunk_ids, store_file_ids = np.resize(chunk_ids, capacity), np.resize(store_file_ids, capacity)
+        vectors[count] = np.frombuffer(embedding, dtype="<f4")
+        chunk_ids[count], store_file_ids[count] = chunk_id, store_file_id
+        count += 1
+    vectors = vectors[:count]
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    vectors /= norms
+    return _StoreMatrix(
+        count=count,
+        top_id=up_to_id,
+        chunk_ids=chunk_ids[:count].copy(),
+        store_file_ids=store_file_ids[:count].copy(),
+        vectors=vectors if count == capacity else vectors.copy(),
+    )
+
+
+class NumpyBackend:
+    name = "numpy"
+
+    def __init__(self, cache_bytes: int) -> None:
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple[str, int], _StoreMatrix] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def index(self, chunks: Sequence[Chunk]) -> None:
+        """Nothing to do: the embeddings in the chunk rows are the index."""
+
+    def matrix(self, store_id: str, dims: int) -> _StoreMatrix:
+        """The store's embeddings as they are in the database now."""
+        state = Chunk.objects.filter(vector_store_id=store_id, dimensions=dims).aggregate(n=Count("id"), top=Max("id"))
+        count, top_id = state["n"], state["top"] or 0
+        key = (store_id, dims)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+        if cached is not None and cached.count == count and cached.top_id == top_id:
+            return cached
+        fresh: _StoreMatrix | None = None
+        if cached is not None and top_id > cached.top_id:
+            # Only added since? Then the new rows are all above the cached top id.
+            added = _load_rows(store_id, dims, cached.top_id, top_id, count - cached.count)
+            if cached.count + added.count == count:
+                fresh = _StoreMatrix(
+                    count=count,
+                    top_id=top_id,
+                    chunk_ids=np.concatenate([cached.chunk_ids, added.chunk_ids]),
+                    store_file_ids=np.concatenate([cached.store_file_ids, added.store_file_ids]),
+                    vectors=np.concatenate([cached.vectors, added.vectors]),
+                )
+        if fresh is None:
+            fresh = _load_rows(store_id, dims, 0, top_id, count)
+        self._remember(key, fresh)
+        return fresh
+
+    def _remember(self, key: tuple[str, int], matrix: _StoreMatrix) -> None:
+        with self._lock:
+            self._cache.pop(key, None)
+            if matrix.nbytes > self.cache_bytes:
+                return
+            self._cache[key] = matrix
+            total = sum(item.nbytes for item in self._cache.values())
+            while total > self.cache_bytes and self._cache:
+                _key, evicted = self._cache.popitem(last=False)
+                total -= evicted.nbytes
+
+    def nearest(
+        self, store_ids: Sequence[str], store_file_ids: Sequence[int], queries: np.ndarray, limit: int
+    ) -> list[Candidate]:
+        allowed = np.asarray(sorted(store_file_ids), dtype=np.int64)
+        found: list[Candidate] = []
+        for store_id in store_ids:
+            matrix = self.matrix(store_id, queries.shape[1])
+            if not matrix.count:
+                continue
+            similarity = (matrix.vectors @ queries.T).max(axis=1)
+            similarity[~np.isin(matrix.store_file_ids, allowed)] = -np.inf
+            eligible = int(np.isfinite(similarity).sum())
+            take = min(limit, eligible)
+            if take == 0:
+                continue
+            best = np.argpartition(-similarity, take - 1)[:take]
+            found.extend(
+                Candidate(int(matrix.chunk_ids[i]), int(matrix.store_file_ids[i]), float(similarity[i])) for i in best
+            )
+        found.sort(key=lambda c: (-c.similarity, c.chunk_id))
+        return found[:limit]
+
+
+# --- backend (b): PostgreSQL with pgvector and an HNSW index -------------------------------------
+
+# pgvector indexes `vector` columns of at most 2000 dimensions; wider ones are searched exactly.
+HNSW_MAX_DIMS = 2000
+# Advisory lock key (arbitrary, fixed) serialising the creation of the side tables.
+SCHEMA_LOCK = 0x636C69636B79
+
+
+def vector_table(dims: int) -> str:
+    return f"clicky_chunk_vectors_{int(dims)}"
+
+
+class PgvectorBackend:
+    name = "pgvector"
+
+    def __init__(self) -> None:
+        self._tables: set[int] = set()
+        self._synced: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+
+    def _raw(self) -> Any:
+        """The psycopg connection under Django's, with the vector type adapted (numpy <-> vector)."""
+        from pgvector.psycopg import register_vector
+
+        connection.ensure_connection()
+        raw = connection.connection
+        if raw.adapters.types.get("vector") is None:
+            register_vector(raw)
+        return raw
+
+    def ensure_table(self, dims: int) -> str:
+        table = vector_table(dims)
+        if dims in self._tables:
+            return table
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SCHEMA_LOCK])
+            cursor.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} ("
+                " chunk_id bigint PRIMARY KEY REFERENCES api_v1_chunk (id) ON DELETE CASCADE,"
+                " vector_store_id varchar(64) NOT NULL,"
+                " store_file_id bigint NOT NULL,"
+                f" embedding vector({int(dims)}) NOT NULL)"
+            )
+            cursor.execute(f"CREATE INDEX IF NOT EXISTS {table}_store ON {table} (vector_store_id, store_file_id)")
+            if dims <= HNSW_MAX_DIMS:
+                cursor.execute(
+                    f"CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops)"
+                )
+        with self._lock:
+            self._tables.add(dims)
+        return table
+
+    def _insert(self, table: str, rows: list[tuple[int, str, int, np.ndarray]]) -> None:
+        if not rows:
+            return
+        with self._raw().cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {table} (chunk_id, vector_store_id, store_file_id, embedding)"
+                " VALUES (%s, %s, %s, %b) ON CONFLICT (chunk_id) DO NOTHING",
+                rows,
+            )
+
+    def index(self, chunks: Sequence[Chunk]) -> None:
+        by_dims: dict[int, list[tuple[int, str, int, np.ndarray]]] = {}
+        for chunk in chunks:
+            vector = np.frombuffer(bytes(chunk.embedding), dtype="<f4")
+            by_dims.setdefault(chunk.dimensions, []).append(
+                (chunk.pk, chunk.vector_store_id, chunk.store_file_id, vector)
+            )
+        for dims, rows in by_dims.items():
+            self._insert(self.ensure_table(dims), rows)
+
+    def sync(self, store_id: str, dims: int) -> None:
+        """Back-fills chunks written while another backend was configured; once per store and process."""
+        if (store_id, dims) in self._synced:
+            return
+        table = self.ensure_table(dims)
+        missing = (
+            Chunk.objects.filter(vector_store_id=store_id, dimensions=dims)
+            .extra(where=[f"NOT EXISTS (SELECT 1 FROM {table} v WHERE v.chunk_id = api_v1_chunk.id)"])
+            .values_list("id", "store_file_id", "embedding")
+        )
+        batch: list[tuple[int, str, int, np.ndarray]] = []
+        for chunk_id, store_file_id, embedding in missing.iterator(chunk_size=1000):
+            batch.append((chunk_id, store_id, store_file_id, np.frombuffer(bytes(embedding), dtype="<f4")))
+            if len(batch) >= 1000:
+                self._insert(table, batch)
+                batch = []
+        self._insert(table, batch)
+        with self._lock:
+            self._synced.add((store_id, dims))
+
+    def nearest(
+        self, store_ids: Sequence[str], store_file_ids: Sequence[int], queries: np.ndarray, limit: int
+    ) -> list[Candidate]:
+        dims = queries.shape[1]
+        table = self.ensure_table(dims)
+        for store_id in store_ids:
+            self.sync(store_id, dims)
+        where = "vector_store_id = ANY(%s) AND store_file_id = ANY(%s)"
+        params = [list(store_ids), list(store_file_ids)]
+        best: dict[int, Candidate] = {}
+        with transaction.atomic(), self._raw().cursor() as cursor:
+            # The HNSW scan yields ef_search candidates before the WHERE filters them: ask for enough.
+            cursor.execute(f"SET LOCAL hnsw.ef_search = {max(40, min(1000, limit * 4))}")
+            for query in queries:
+                cursor.execute(
+                    f"SELECT chunk_id, store_file_id, embedding <=> %b FROM {table} WHERE {where}"
+                    " ORDER BY embedding <=> %b LIMIT %s",
+                    [query, *params, query, limit],
+                )
+                rows = cursor.fetchall()
+                if len(rows) < limit:
+                    # The approximate scan came up short (a small store among many, or strict
+                    # filters); the exact scan over this store's rows is then the answer.
+                    cursor.execute(
+                        f"SELECT chunk_id, store_file_id, (embedding <=> %b) + 0 AS distance FROM {table}"
+                        f" WHERE {where} ORDER BY distance LIMIT %s",
+                        [query, *params, limit],
+                    )
+                    rows = cursor.fetchall()
+                for chunk_id, store_file_id, distance in rows:
+                    similarity = 1.0 - float(distance)
+                    if chunk_id not in best or best[chunk_id].similarity < similarity:
+                        best[chunk_id] = Candidate(chunk_id, store_file_id, similarity)
+        return sorted(best.values(), key=lambda c: (-c.similarity, c.chunk_id))[:limit]
+
+
+_backends: dict[str, Backend] = {}
+
+
+def backend(name: str | None = None) -> Backend:
+    """The configured backend (CLICKY_CHATS_SEARCH_BACKEND), one per process."""
+    name = name or settings.CONFIG.search_backend
+    found = _backends.get(name)
+    if found is None:
+        if name == "pgvector":
+            found = PgvectorBackend()
+        else:
+            found = NumpyBackend(settings.CONFIG.search_cache_mb * 1024 * 1024)
+        _backends[name] = found
+    return found
+
+
+# --- ranking -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SearchedFile:
+    file_id: str
+    filename: str
+    attributes: dict[str, Any]
+
+
+def candidate_pool(max_num_results: int) -> int:
+    """How many nearest chunks the keyword re-ranking chooses from."""
+    return min(200, max(50, 5 * max_num_results))
+
+
+def rank(
+    project: str,
+    vector_store_ids: Sequence[str],
+    queries: Sequence[str],
+    query_vectors: np.ndarray,
+    max_num_results: int,
+    score_threshold: float,
+    filters: dict[str, Any] | None,
+    ranker: str = "auto",
+) -> list[dict[str, Any]]:
+    """The best chunks of the stores' completed files whose attributes pass `filters`, best first,
+    as search result items {file_id, filename, score, attributes, content}."""
+    files = VectorStoreFile.objects.filter(
+        project=project, vector_store_id__in=list(vector_store_ids), status="completed"
+    ).values_list("id", "file_id", "file__filename", "attributes")
+    allowed = {
+        pk: _SearchedFile(file_id, filename, attributes or {})
+        for pk, file_id, filename, attributes in files
+        if matches(filters, attributes or {})
+    }
+    if not allowed or not len(queries):
+        return []
+    pool = max_num_results if ranker == "none" else candidate_pool(max_num_results)
+    candidates = backend().nearest(list(vector_store_ids), list(allowed), unit_rows(query_vectors), pool)
+    texts = dict(Chunk.objects.filter(pk__in=[c.chunk_id for c in candidates]).values_list("id", "text"))
+    query_terms: set[str] = set().union(*(terms_of(query) for query in queries))
+    scored: list[tuple[float, int, Candidate]] = []
+    for candidate in candidates:
+        text = texts.get(candidate.chunk_id)
+        if text is None:
+            continue  # deleted since the backend saw it
+        similarity = min(1.0, max(0.0, candidate.similarity))
+        score = (
+            similarity
+            if ranker == "none"
+            else VECTOR_WEIGHT * similarity + KEYWORD_WEIGHT * keyword_score(query_terms, text)
+        )
+        if score >= score_threshold:
+            scored.append((score, candidate.chunk_id, candidate))
+    scored.sort(key=lambda item: (-item[0], item[1]))
+    results = []
+    for score, chunk_id, candidate in scored[:max_num_results]:
+        store_file = allowed[candidate.store_file_id]
+        results.append(
+            {
+                "file_id": store_file.file_id,
+                "filename": store_file.filename,
+                "score": round(score, 6),
+                "attributes": store_file.attributes,
+                "content": [{"type": "text", "text": texts[chunk_id]}],
+            }
+        )
+    return results
+
+
+async def search_stores(
+    project: str,
+    vector_store_ids: Sequence[str],
+    query: str | Sequence[str],
+    max_num_results: int = 10,
+    score_threshold: float = 0.0,
+    filters: dict[str, Any] | None = None,
+    *,
+    ranker: str = "auto",
+) -> list[dict[str, Any]]:
+    """Searches stores of `project` (hidden ones too) for the run engine's file_search and for
+    POST /vector_stores/{id}/search. `filters` must have passed check_filters. Raises
+    EmbeddingError when the upstream cannot embed the query."""
+    queries = [query] if isinstance(query, str) else list(query)
+    queries = [text for text in queries if text.strip()]
+    if not queries or not vector_store_ids:
+        return []
+    vectors = await embed_texts(queries)
+
+    def ranked() -> list[dict[str, Any]]:
+        store_touch(vector_store_ids)
+        return rank(project, vector_store_ids, queries, vectors, max_num_results, score_threshold, filters, ranker)
+
+    return await sync_to_async(ranked)()
