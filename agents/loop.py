@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 
-from agents import bus, engine
+from agents import bus, engine, ingest
 from agents.db import db, refresh_connection
 from agents.runs import expire_overdue, run_claim
 from clicky_chats import upstream
@@ -35,6 +35,7 @@ class AgentLoop:
         self.name = name
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.settings = engine.Settings()
+        self.ingestor = ingest.Ingestor(self.settings)
         self.stopping = threading.Event()
         self.stopped = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -64,15 +65,18 @@ class AgentLoop:
                     task = asyncio.create_task(engine.drive(run_id, fence, self.settings, attempts))
                     running[task] = run_id
                     task.add_done_callback(self._finished(running))
+                # Vector-store files waiting for ingestion, in slots of their own beside the runs.
+                ingesting = await self.ingestor.claim(self._wake.event.set)
                 if time.monotonic() - last_sweep > SWEEP_EVERY_S:
                     last_sweep = time.monotonic()
                     expired = await db(expire_overdue)
                     if expired:
                         log.info("%s expired %d run(s)", self.name, expired)
-                if claimed and len(running) < self.concurrency:
+                if (claimed and len(running) < self.concurrency) or (ingesting and self.ingestor.has_room()):
                     continue  # more may be waiting
                 await self._wake.wait(self.poll_interval_s)
         finally:
+            await self.ingestor.shutdown()  # at once: ingestion restarts cleanly elsewhere
             await self._shutdown(running)
             self._wake.close()
             await upstream.close_session()
