@@ -162,6 +162,19 @@ async def error_response(upstream: aiohttp.ClientResponse) -> HttpResponse:
         raise unreachable(exc) from None
     finally:
         upstream.release()
+    if upstream.status == 401:
+        # The client's key was fine; ours was not. Relayed, a 401 would make the SDK blame the
+        # client's key, and OpenAI's message quotes part of ours.
+        log.error(
+            "the model upstream refused CLICKY_CHATS_MODEL_API_KEY: %s",
+            upstream_error_body(401, raw)["error"]["message"],
+        )
+        return ApiError(
+            "The model upstream refused this server's credentials (CLICKY_CHATS_MODEL_API_KEY); "
+            "the server's operator has to fix them.",
+            status=502,
+            code="upstream_auth_failed",
+        ).response()
     response = HttpResponse(
         orjson.dumps(upstream_error_body(upstream.status, raw)),
         status=upstream.status,

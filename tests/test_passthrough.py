@@ -524,3 +524,24 @@ def test_upstream_that_does_not_answer_is_504(client: openai.OpenAI, fake_upstre
     assert caught.value.status_code == 504
     assert caught.value.code == "upstream_timeout"
     assert time.monotonic() - started < 10  # the harness sets CLICKY_CHATS_MODEL_TIMEOUT_S=3
+
+
+def test_upstream_refusing_our_key_is_502_not_401(
+    client: openai.OpenAI, server: ServerProcess, fake_upstream: FakeUpstream
+) -> None:
+    # OpenAI's own 401 message quotes part of the key it refused: here, the server's.
+    fake_upstream.script(
+        "embeddings",
+        Reply.error(401, "Incorrect API key provided: sk-upstr******cret.", code="invalid_api_key"),
+    )
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.embeddings.create(model="fake-embedder", input="x", encoding_format="float")
+    assert caught.value.status_code == 502
+    assert caught.value.code == "upstream_auth_failed"
+    assert "CLICKY_CHATS_MODEL_API_KEY" in caught.value.message
+    assert "sk-upstr" not in caught.value.message
+    # The operator finds the upstream's own words in the log.
+    deadline = time.monotonic() + 5
+    while "sk-upstr******cret" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "the model upstream refused CLICKY_CHATS_MODEL_API_KEY" in server.log()
