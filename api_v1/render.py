@@ -27,9 +27,11 @@ def assistant(obj: Assistant, tier: str = "v1") -> dict[str, Any]:
         "temperature": obj.temperature,
         "top_p": obj.top_p,
         "response_format": obj.response_format if obj.response_format is not None else "auto",
-        "reasoning_effort": obj.reasoning_effort,
     }
     if tier == "rubra":
+        # The spec's assistant object has no reasoning_effort (only its requests do), so /v1 keeps
+        # it out and the strict key set; runs still inherit it.
+        data["reasoning_effort"] = obj.reasoning_effort
         data["gptscript_tools"] = obj.gptscript_tools or []
     return data
 

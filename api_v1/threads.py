@@ -15,6 +15,8 @@ from clicky_chats.scoping import get_scoped, scoped
 
 MAX_MESSAGE_CHARS = 256_000
 MAX_ATTACHMENTS = 20
+IMAGE_DETAILS = ("auto", "low", "high")
+ATTACHMENT_TOOL_TYPES = ("code_interpreter", "file_search")
 
 ASSISTANT_RULES: dict[str, v.Rule] = {
     "model": v.string(nonempty=True, max_length=256),
@@ -105,19 +107,19 @@ def message_content(content: Any, param: str = "content") -> list[dict[str, Any]
             image = part.get("image_url")
             if not isinstance(image, dict) or not isinstance(image.get("url"), str):
                 raise v.invalid(f"{where}.image_url", "expected an object with a url.", "invalid_type")
-            v.check(image, {"detail": v.string(enum=("auto", "low", "high"))})
+            v.check(image, {"detail": v.string(enum=IMAGE_DETAILS)}, prefix=f"{where}.image_url.")
             parts.append(
-                {"type": "image_url", "image_url": {"url": image["url"], "detail": image.get("detail", "auto")}}
+                {"type": "image_url", "image_url": {"url": image["url"], "detail": image.get("detail") or "auto"}}
             )
         elif kind == "image_file":
             image = part.get("image_file")
             if not isinstance(image, dict) or not isinstance(image.get("file_id"), str):
                 raise v.invalid(f"{where}.image_file", "expected an object with a file_id.", "invalid_type")
-            v.check(image, {"detail": v.string(enum=("auto", "low", "high"))})
+            v.check(image, {"detail": v.string(enum=IMAGE_DETAILS)}, prefix=f"{where}.image_file.")
             parts.append(
                 {
                     "type": "image_file",
-                    "image_file": {"file_id": image["file_id"], "detail": image.get("detail", "auto")},
+                    "image_file": {"file_id": image["file_id"], "detail": image.get("detail") or "auto"},
                 }
             )
         else:
@@ -132,6 +134,12 @@ def _check_length(text: str, param: str, length: int | None = None) -> None:
         raise v.invalid(param, f"message content is at most {MAX_MESSAGE_CHARS} characters, got {size}.")
 
 
+def _attachment_tool(tool: Any, param: str) -> None:
+    if not isinstance(tool, dict):
+        raise v.invalid(param, "expected a tool object.", "invalid_type")
+    v.check(tool, {"type": v.string(enum=ATTACHMENT_TOOL_TYPES)}, required=("type",), prefix=f"{param}.")
+
+
 def _attachments(value: Any, param: str) -> list[dict[str, Any]] | None:
     if value is None:
         return None
@@ -142,7 +150,7 @@ def _attachments(value: Any, param: str) -> list[dict[str, Any]] | None:
     for index, item in enumerate(value):
         if not isinstance(item, dict) or not isinstance(item.get("file_id"), str):
             raise v.invalid(f"{param}[{index}]", "expected an object with a file_id.", "invalid_type")
-        v.check(item, {"tools": v.array()})
+        v.check(item, {"tools": v.array(items=_attachment_tool)}, prefix=f"{param}[{index}].")
     return value
 
 

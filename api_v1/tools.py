@@ -12,8 +12,9 @@ from clicky_chats import validation as v
 
 FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_ASSISTANT_TOOLS = 128
-MAX_RUN_TOOLS = 128
+MAX_RUN_TOOLS = 20  # the spec: a run may override its assistant's tools with at most 20
 TOOL_TYPES = ("code_interpreter", "file_search", "function")
+RANKERS = ("auto", "default_2024_08_21")
 
 
 def check_tools(tools: Any, param: str = "tools", *, max_items: int = MAX_ASSISTANT_TOOLS) -> list[dict[str, Any]]:
@@ -66,7 +67,19 @@ def _check_function(function: Any, where: str) -> str:
 def _check_file_search(options: Any, where: str) -> None:
     if not isinstance(options, dict):
         raise v.invalid(where, "expected an object.", "invalid_type")
-    v.check(options, {"max_num_results": v.integer(minimum=1, maximum=50), "ranking_options": v.obj()})
+    v.check(
+        options,
+        {"max_num_results": v.integer(minimum=1, maximum=50), "ranking_options": v.obj()},
+        prefix=f"{where}.",
+    )
+    ranking = options.get("ranking_options")
+    if ranking is not None:
+        v.check(
+            ranking,
+            {"ranker": v.string(enum=RANKERS), "score_threshold": v.number(minimum=0, maximum=1)},
+            required=("score_threshold",),
+            prefix=f"{where}.ranking_options.",
+        )
 
 
 def check_response_format(value: Any, param: str = "response_format") -> Any:
@@ -81,6 +94,12 @@ def check_response_format(value: Any, param: str = "response_format") -> Any:
         schema = value.get("json_schema")
         if not isinstance(schema, dict) or not isinstance(schema.get("name"), str):
             raise v.invalid(f"{param}.json_schema", "expected an object with a name and a schema.")
+        if not FUNCTION_NAME.match(schema["name"]):
+            raise v.invalid(
+                f"{param}.json_schema.name",
+                f"{schema['name']!r} is not a valid name: use a-z, A-Z, 0-9, underscores and dashes, at most 64.",
+            )
+        v.check(schema, {"description": v.string(), "strict": v.boolean()}, prefix=f"{param}.json_schema.")
         if schema.get("schema") is not None:
             try:
                 Draft202012Validator.check_schema(schema["schema"])
@@ -98,12 +117,16 @@ def check_tool_resources(value: Any, param: str = "tool_resources") -> dict[str,
     if code is not None:
         if not isinstance(code, dict):
             raise v.invalid(f"{param}.code_interpreter", "expected an object.", "invalid_type")
-        v.check(code, {"file_ids": v.array(max_items=20, items=v.string())})
+        v.check(code, {"file_ids": v.array(max_items=20, items=v.string())}, prefix=f"{param}.code_interpreter.")
     search = value.get("file_search")
     if search is not None:
         if not isinstance(search, dict):
             raise v.invalid(f"{param}.file_search", "expected an object.", "invalid_type")
         v.check(
-            search, {"vector_store_ids": v.array(max_items=1, items=v.string()), "vector_stores": v.array(max_items=1)}
+            search,
+            {"vector_store_ids": v.array(max_items=1, items=v.string()), "vector_stores": v.array(max_items=1)},
+            prefix=f"{param}.file_search.",
         )
+        if len(search.get("vector_store_ids") or []) + len(search.get("vector_stores") or []) > 1:
+            raise v.invalid(f"{param}.file_search", "at most 1 vector store can be attached, by id or made here.")
     return value
