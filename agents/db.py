@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -26,10 +27,40 @@ def _reset_connection() -> None:
         pass
 
 
+@functools.cache
+def _stall_limit_ms() -> int:
+    from agents.engine import Settings  # the engine imports this module
+
+    return max(1000, int(Settings().lease_s * 1000))
+
+
+def _on_agent_connection(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Calls `fn` on a connection whose stalled transactions PostgreSQL ends after one lease.
+
+    An agent paused or cut off between two statements of a write still holds the run's row lock;
+    left alone, the agent taking the run over could never claim it, nor a client cancel it. Once a
+    lease has passed the claim is forfeit anyway, so ending that transaction loses nothing."""
+    if connection.vendor == "postgresql":
+        connection.ensure_connection()
+        backend = connection.connection.info.backend_pid
+        if _bounded_backend.get(connection.alias) != backend:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('idle_in_transaction_session_timeout', %s, false)", [str(_stall_limit_ms())]
+                )
+            _bounded_backend[connection.alias] = backend
+    return fn(*args, **kwargs)
+
+
+# Per database alias, the server process whose session already carries the limit. Only the agent's
+# database thread touches it (sync_to_async with thread_sensitive=True).
+_bounded_backend: dict[str, int] = {}
+
+
 async def db(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Runs `fn` on the agent's database thread. A lost connection is reopened and the call tried
     again: each of our calls is one transaction, so a retry repeats all of it or none."""
-    call = sync_to_async(fn, thread_sensitive=True)
+    call = sync_to_async(functools.partial(_on_agent_connection, fn), thread_sensitive=True)
     waited = 0.0
     delay = 0.2
     while True:

@@ -87,6 +87,9 @@ async def drive(run_id: str, fence: int, config: Settings, attempts: int = 1) ->
 
 
 async def _stopped(run_id: str, fence: int, reason: str) -> None:
+    if reason == "lost":  # the heartbeat found another claim: say so, as a refused write does
+        log.warning("run %s: lease lost; another agent has it", run_id)
+        return
     with contextlib.suppress(LeaseLost):
         if reason == "cancel":
             await db(progress.cancel, run_id, fence)
