@@ -20,6 +20,7 @@ from agents import bus, engine, ingest
 from agents.db import db, refresh_connection
 from agents.runs import expire_overdue, run_claim
 from clicky_chats import upstream
+from clicky_chats.config import env_float
 
 log = logging.getLogger("clicky_chats.agents")
 
@@ -35,11 +36,13 @@ class AgentLoop:
         self.name = name
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.settings = engine.Settings()
+        self.grace_s = env_float("CLICKY_CHATS_AGENT_GRACE_S", GRACE_S)
         self.ingestor = ingest.Ingestor(self.settings)
         self.stopping = threading.Event()
         self.stopped = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: bus.Waiter | None = None
+        self._hurry: asyncio.Event | None = None
 
     def run_forever(self) -> None:
         try:
@@ -50,6 +53,7 @@ class AgentLoop:
     async def main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = bus.Waiter(bus.QUEUE)
+        self._hurry = asyncio.Event()
         bus.start_pg_listener()
         log.info("%s started (concurrency %d, owner %s)", self.name, self.concurrency, self.owner)
         running: dict[asyncio.Task[None], str] = {}
@@ -94,19 +98,30 @@ class AgentLoop:
         if not running:
             return
         log.info("%s finishing %d run(s) before stopping", self.name, len(running))
-        _done, pending = await asyncio.wait(set(running), timeout=GRACE_S)
+        assert self._hurry is not None
+        finishing = asyncio.ensure_future(asyncio.wait(set(running), timeout=self.grace_s))
+        hurried = asyncio.ensure_future(self._hurry.wait())
+        await asyncio.wait({finishing, hurried}, return_when=asyncio.FIRST_COMPLETED)
+        finishing.cancel()
+        hurried.cancel()
+        pending = [task for task in running if not task.done()]
         for task in pending:
             task.cancel()  # drive() releases the run on cancellation, for another agent to finish
         if pending:
             await asyncio.wait(pending, timeout=5)
 
-    def stop(self) -> None:
+    def stop(self, *, at_once: bool = False) -> None:
+        """Stops claiming work; runs in flight get the grace period to finish, or none `at_once`.
+        Either way, what is still unfinished is released for another agent to take at once."""
         self.stopping.set()
-        if self._loop is not None and self._wake is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._wake.event.set)
-            except RuntimeError:
-                pass
+        if self._loop is None or self._wake is None or self._hurry is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._wake.event.set)
+            if at_once:
+                self._loop.call_soon_threadsafe(self._hurry.set)
+        except RuntimeError:  # the loop has already closed
+            pass
 
     def start_in_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self.run_forever, name=self.name, daemon=True)

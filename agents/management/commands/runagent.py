@@ -26,10 +26,15 @@ class Command(BaseCommand):
         def on_signal(signum: int, frame: FrameType | None) -> None:
             nonlocal signals_seen
             signals_seen += 1
-            if signals_seen > 1:
-                raise SystemExit(1)  # a second signal: stop now
-            loop.stop()  # the first: finish or release what we hold, then exit 0
+            if signals_seen == 1:
+                loop.stop()  # finish what we hold within the grace period, release the rest, exit 0
+            elif signals_seen == 2:
+                loop.stop(at_once=True)  # release what we hold now (one write per run), exit 1
+            else:
+                raise SystemExit(1)  # the release itself is stuck (the database is away): just go
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         loop.run_forever()
+        if signals_seen > 1:
+            raise SystemExit(1)
