@@ -60,6 +60,23 @@ class Database:
         parsed = urllib.parse.urlparse(self._pg_admin_dsn)
         return urllib.parse.urlunparse(parsed._replace(path="/" + name))
 
+    @property
+    def can_restart(self) -> bool:
+        """True when this object started the PostgreSQL itself (not one named by a DSN)."""
+        return self._pgserver is not None
+
+    def stop_postgres(self) -> None:
+        """Stops the PostgreSQL server, ending every session (fault tests restart it under agents)."""
+        import pgserver
+
+        assert self._pgserver is not None, "only a PostgreSQL this harness started can be stopped"
+        pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._pgserver.pgdata, user=self._pgserver.system_user)
+
+    def start_postgres(self) -> None:
+        """Starts it again on the same data directory and socket."""
+        assert self._pgserver is not None
+        self._pgserver.ensure_postgres_running()
+
     def stop(self) -> None:
         if self._pgserver is not None:
             self._pgserver.cleanup()
