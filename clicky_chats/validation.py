@@ -44,6 +44,25 @@ def invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
     return ApiError(f"Invalid value for '{param}': {message}", status=400, param=param, code=code)
 
 
+def check_no_nul(body: Any) -> None:
+    """Refuses a NUL character in any string of a JSON body, naming where it is: PostgreSQL stores it
+    in neither text nor jsonb, so it would fail there as a 500 while SQLite took it."""
+    pending: list[tuple[Any, str]] = [(body, "")]  # a loop, not recursion: bodies may nest deeply
+    while pending:
+        value, path = pending.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise invalid(path or "body", "text cannot contain the NUL character (\\u0000).")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                where = f"{path}.{key}" if path else str(key)
+                if "\x00" in key:
+                    raise invalid(where, "keys cannot contain the NUL character (\\u0000).")
+                pending.append((item, where))
+        elif isinstance(value, list):
+            pending.extend((item, f"{path}[{index}]") for index, item in enumerate(value))
+
+
 def check(body: dict[str, Any], rules: dict[str, Rule], *, required: Iterable[str] = (), prefix: str = "") -> None:
     """Checks the known fields of `body`; `prefix` names where the body sits (e.g. "messages[0].")."""
     for name in required:
