@@ -16,6 +16,7 @@ from clicky_chats.scoping import get_scoped, scoped
 MAX_MESSAGE_CHARS = 256_000
 MAX_ATTACHMENTS = 20
 IMAGE_DETAILS = ("auto", "low", "high")
+IMAGE_URL_SCHEMES = ("https://", "http://", "data:")
 ATTACHMENT_TOOL_TYPES = ("code_interpreter", "file_search")
 
 ASSISTANT_RULES: dict[str, v.Rule] = {
@@ -107,6 +108,8 @@ def message_content(content: Any, param: str = "content") -> list[dict[str, Any]
             image = part.get("image_url")
             if not isinstance(image, dict) or not isinstance(image.get("url"), str):
                 raise v.invalid(f"{where}.image_url", "expected an object with a url.", "invalid_type")
+            if not image["url"].startswith(IMAGE_URL_SCHEMES):
+                raise v.invalid(f"{where}.image_url.url", "expected an http(s) URL or a data: URL of the image.")
             v.check(image, {"detail": v.string(enum=IMAGE_DETAILS)}, prefix=f"{where}.image_url.")
             parts.append(
                 {"type": "image_url", "image_url": {"url": image["url"], "detail": image.get("detail") or "auto"}}

@@ -124,7 +124,10 @@ def check_tool_resources(value: Any, param: str = "tool_resources") -> dict[str,
             raise v.invalid(f"{param}.file_search", "expected an object.", "invalid_type")
         v.check(
             search,
-            {"vector_store_ids": v.array(max_items=1, items=v.string()), "vector_stores": v.array(max_items=1)},
+            {
+                "vector_store_ids": v.array(max_items=1, items=v.string()),
+                "vector_stores": v.array(max_items=1, items=v.obj()),
+            },
             prefix=f"{param}.file_search.",
         )
         if len(search.get("vector_store_ids") or []) + len(search.get("vector_stores") or []) > 1:

@@ -645,6 +645,16 @@ BAD_ASSISTANTS: dict[str, tuple[dict[str, Any], str]] = {
         {"tool_resources": {"file_search": {"vector_store_ids": ["vs_1"], "vector_stores": [{"file_ids": []}]}}},
         "tool_resources.file_search",
     ),
+    "a new vector store not an object": (
+        {"tool_resources": {"file_search": {"vector_stores": ["vs_1"]}}},
+        "tool_resources.file_search.vector_stores[0]",
+    ),
+    "a NUL character in the name": ({"name": "Weather\x00bot"}, "name"),
+    "a NUL character in a metadata key": ({"metadata": {"a\x00b": "v"}}, "metadata.a\x00b"),
+    "a NUL character deep in a tool": (
+        {"tools": [function_tool("f", parameters={"type": "object", "description": "\x00"})]},
+        "tools[0].function.parameters.description",
+    ),
     "21 code interpreter files": (
         {"tool_resources": {"code_interpreter": {"file_ids": [f"file-{i}" for i in range(21)]}}},
         "tool_resources.code_interpreter.file_ids",
@@ -731,6 +741,11 @@ BAD_THREAD_MESSAGES: dict[str, tuple[dict[str, Any], str]] = {
         {"role": "user", "content": [{"type": "image_url", "image_url": {}}]},
         "messages[1].content[0].image_url",
     ),
+    "image_url not a URL": (
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "sky.png"}}]},
+        "messages[1].content[0].image_url.url",
+    ),
+    "a NUL character": ({"role": "user", "content": "before\x00after"}, "messages[1].content"),
     "image detail 'ultra'": (
         {
             "role": "user",
@@ -813,6 +828,7 @@ BAD_MESSAGES: dict[str, tuple[dict[str, Any], str]] = {
     "metadata value of 513 chars": ({"metadata": LONG_VALUE}, "metadata.note"),
     "role system": ({"role": "system"}, "role"),
     "content a number": ({"content": 42}, "content"),
+    "a NUL character": ({"content": [{"type": "text", "text": "nul\x00"}]}, "content[0].text"),
     "text part not a string": ({"content": [{"type": "text", "text": 7}]}, "content[0].text"),
     "image_file without a file_id": ({"content": [{"type": "image_file", "image_file": {}}]}, "content[0].image_file"),
     "attachments not an array": ({"attachments": {"file_id": "file-1"}}, "attachments"),
@@ -893,6 +909,7 @@ def test_unknown_ids_are_404(client: openai.OpenAI) -> None:
         (b'{"model": "fake-model",', "application/json", 400),
         (b'["fake-model"]', "application/json", 400),
         (b"model=fake-model", "application/x-www-form-urlencoded", 415),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", 400),  # deeper than Python's recursion limit
     ],
 )
 def test_unparseable_bodies_are_enveloped(
