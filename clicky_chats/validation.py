@@ -37,6 +37,8 @@ def read_json(request: HttpRequest) -> dict[str, Any]:
         ) from None
     if not isinstance(body, dict):
         raise ApiError("The request body must be a JSON object.", status=400, code="invalid_json")
+    if b"\\u0000" in request.body:  # JSON spells NUL only this way; the full walk runs only then
+        check_no_nul(body)
     return body
 
 
