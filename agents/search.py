@@ -25,7 +25,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,7 +35,6 @@ import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Max
 
 from api_v1.models import Chunk, VectorStoreFile
 from api_v1.vector_stores import store_touch
@@ -69,10 +68,15 @@ class Backend(Protocol):
         """Called in the transaction that writes `chunks`, so the index never sees a half-written file."""
 
     def nearest(
-        self, store_ids: Sequence[str], store_file_ids: Sequence[int], queries: np.ndarray, limit: int
+        self,
+        files_by_store: Mapping[str, Collection[int]],
+        allowed: Collection[int] | None,
+        queries: np.ndarray,
+        limit: int,
     ) -> list[Candidate]:
-        """Up to `limit` chunks of the given stores and store files, most similar first. `queries` is
-        (q, d) with unit rows; a chunk's similarity is its best over the queries."""
+        """Up to `limit` chunks, most similar first. `files_by_store` holds each store's completed
+        files (pks): what may be searched; `allowed` the ones that passed the filters (None: all).
+        `queries` is (q, d) with unit rows; a chunk's similarity is its best over the queries."""
 
 
 # --- embeddings ----------------------------------------------------------------------------------
@@ -294,8 +298,7 @@ def matches(condition: dict[str, Any] | None, attributes: dict[str, Any]) -> boo
 
 @dataclass(frozen=True)
 class _StoreMatrix:
-    count: int
-    top_id: int
+    files: frozenset[int]  # the store files whose chunks are all here
     chunk_ids: np.ndarray  # int64 (n,)
     store_file_ids: np.ndarray  # int64 (n,)
     vectors: np.ndarray  # float32 (n, d), unit rows
@@ -304,42 +307,54 @@ class _StoreMatrix:
     def nbytes(self) -> int:
         return int(self.vectors.nbytes + self.chunk_ids.nbytes + self.store_file_ids.nbytes)
 
+    def keep(self, rows: np.ndarray, files: frozenset[int]) -> _StoreMatrix:
+        return _StoreMatrix(files, self.chunk_ids[rows], self.store_file_ids[rows], self.vectors[rows])
 
-def _load_rows(store_id: str, dims: int, after_id: int, up_to_id: int, expected: int) -> _StoreMatrix:
-    """The store's chunks with after_id < id <= up_to_id, read straight into one preallocated array
-    (a 100k x 1536 store is 600 MB: it must not be copied around on the way)."""
-    rows = (
-        Chunk.objects.filter(vector_store_id=store_id, dimensions=dims, id__gt=after_id, id__lte=up_to_id)
-        .order_by("id")
-        .values_list("id", "store_file_id", "embedding")
-    )
-    capacity = max(expected, 16)
+
+# Store files per query when loading chunks (SQLite allows only so many bound parameters).
+LOAD_FILES_PER_QUERY = 500
+
+
+def _load_files(store_file_ids: Sequence[int], dims: int) -> _StoreMatrix:
+    """The chunks of these (completed) store files, read straight into one preallocated array: a
+    100k x 1536 store is 600 MB, which must not be copied around on the way."""
+    groups = [
+        list(store_file_ids[start : start + LOAD_FILES_PER_QUERY])
+        for start in range(0, len(store_file_ids), LOAD_FILES_PER_QUERY)
+    ]
+    capacity = sum(Chunk.objects.filter(store_file_id__in=group).count() for group in groups)
     vectors = np.empty((capacity, dims), dtype=np.float32)
     chunk_ids = np.empty(capacity, dtype=np.int64)
-    store_file_ids = np.empty(capacity, dtype=np.int64)
+    owners = np.empty(capacity, dtype=np.int64)
     count = 0
-    for chunk_id, store_file_id, embedding in rows.iterator(chunk_size=2000):
-        if count == capacity:  # rows committed since the count was taken
-            capacity *= 2
-            vectors = np.resize(vectors, (capacity, dims))
-            chunk_ids, store_file_ids = np.resize(chunk_ids, capacity), np.resize(store_file_ids, capacity)
-        vectors[count] = np.frombuffer(embedding, dtype="<f4")
-        chunk_ids[count], store_file_ids[count] = chunk_id, store_file_id
-        count += 1
-    vectors = vectors[:count]
+    for group in groups:
+        rows = (
+            Chunk.objects.filter(store_file_id__in=group)
+            .order_by("id")
+            .values_list("id", "store_file_id", "dimensions", "embedding")
+        )
+        for chunk_id, store_file_id, chunk_dims, embedding in rows.iterator(chunk_size=2000):
+            if chunk_dims != dims or count == capacity:
+                continue  # embedded by another model; or (never for a completed file) added since
+            vectors[count] = np.frombuffer(embedding, dtype="<f4")
+            chunk_ids[count], owners[count] = chunk_id, store_file_id
+            count += 1
+    if count < capacity:
+        vectors, chunk_ids, owners = vectors[:count].copy(), chunk_ids[:count].copy(), owners[:count].copy()
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     vectors /= norms
-    return _StoreMatrix(
-        count=count,
-        top_id=up_to_id,
-        chunk_ids=chunk_ids[:count].copy(),
-        store_file_ids=store_file_ids[:count].copy(),
-        vectors=vectors if count == capacity else vectors.copy(),
-    )
+    return _StoreMatrix(frozenset(store_file_ids), chunk_ids, owners, vectors)
 
 
 class NumpyBackend:
+    """Brute force over each store's embeddings, cached per process.
+
+    A completed file's chunks never change (a file is only ever re-ingested after it failed or was
+    cancelled, and then it had none), so the cache is kept current by the set of completed files
+    the search is given anyway: chunks of files not cached yet are loaded and appended, and rows of
+    files no longer there (deleted) are dropped. No query per search is needed to validate it."""
+
     name = "numpy"
 
     def __init__(self, cache_bytes: int) -> None:
@@ -350,33 +365,34 @@ class NumpyBackend:
     def index(self, chunks: Sequence[Chunk]) -> None:
         """Nothing to do: the embeddings in the chunk rows are the index."""
 
-    def matrix(self, store_id: str, dims: int) -> _StoreMatrix:
-        """The store's embeddings as they are in the database now."""
-        state = Chunk.objects.filter(vector_store_id=store_id, dimensions=dims).aggregate(n=Count("id"), top=Max("id"))
-        count, top_id = state["n"], state["top"] or 0
+    def matrix(self, store_id: str, dims: int, files: frozenset[int]) -> _StoreMatrix:
+        """The embeddings of exactly these store files of the store."""
         key = (store_id, dims)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
-        if cached is not None and cached.count == count and cached.top_id == top_id:
+        if cached is not None and cached.files == files:
             return cached
-        fresh: _StoreMatrix | None = None
-        if cached is not None and top_id > cached.top_id:
-            # Only added since? Then the new rows are all above the cached top id.
-            added = _load_rows(store_id, dims, cached.top_id, top_id, count - cached.count)
-            if cached.count + added.count == count:
-                fresh = _StoreMatrix(
-                    count=count,
-                    top_id=top_id,
-                    chunk_ids=np.concatenate([cached.chunk_ids, added.chunk_ids]),
-                    store_file_ids=np.concatenate([cached.store_file_ids, added.store_file_ids]),
-                    vectors=np.concatenate([cached.vectors, added.vectors]),
+        current = cached
+        if current is not None and current.files - files:
+            rows = np.isin(current.store_file_ids, np.fromiter(current.files & files, dtype=np.int64))
+            current = current.keep(rows, current.files & files)
+        missing = sorted(files - current.files) if current is not None else sorted(files)
+        if missing:
+            added = _load_files(missing, dims)
+            if current is None:
+                current = added
+            else:
+                current = _StoreMatrix(
+                    current.files | added.files,
+                    np.concatenate([current.chunk_ids, added.chunk_ids]),
+                    np.concatenate([current.store_file_ids, added.store_file_ids]),
+                    np.concatenate([current.vectors, added.vectors]),
                 )
-        if fresh is None:
-            fresh = _load_rows(store_id, dims, 0, top_id, count)
-        self._remember(key, fresh)
-        return fresh
+        assert current is not None
+        self._remember(key, current)
+        return current
 
     def _remember(self, key: tuple[str, int], matrix: _StoreMatrix) -> None:
         with self._lock:
@@ -390,18 +406,24 @@ class NumpyBackend:
                 total -= evicted.nbytes
 
     def nearest(
-        self, store_ids: Sequence[str], store_file_ids: Sequence[int], queries: np.ndarray, limit: int
+        self,
+        files_by_store: Mapping[str, Collection[int]],
+        allowed: Collection[int] | None,
+        queries: np.ndarray,
+        limit: int,
     ) -> list[Candidate]:
-        allowed = np.asarray(sorted(store_file_ids), dtype=np.int64)
+        allowed_ids = np.fromiter(allowed, dtype=np.int64) if allowed is not None else None
         found: list[Candidate] = []
-        for store_id in store_ids:
-            matrix = self.matrix(store_id, queries.shape[1])
-            if not matrix.count:
+        for store_id, files in files_by_store.items():
+            if not files:
+                continue
+            matrix = self.matrix(store_id, queries.shape[1], frozenset(files))
+            if not len(matrix.chunk_ids):
                 continue
             similarity = (matrix.vectors @ queries.T).max(axis=1)
-            similarity[~np.isin(matrix.store_file_ids, allowed)] = -np.inf
-            eligible = int(np.isfinite(similarity).sum())
-            take = min(limit, eligible)
+            if allowed_ids is not None:
+                similarity[~np.isin(matrix.store_file_ids, allowed_ids)] = -np.inf
+            take = min(limit, int(np.isfinite(similarity).sum()))
             if take == 0:
                 continue
             best = np.argpartition(-similarity, take - 1)[:take]
@@ -442,7 +464,7 @@ class PgvectorBackend:
             register_vector(raw)
         return raw
 
-    def ensure_table(self, dims: int) -> str:
+    def ensure_table(self, dims: int, *, with_index: bool = True) -> str:
         table = vector_table(dims)
         if dims in self._tables:
             return table
@@ -457,13 +479,24 @@ class PgvectorBackend:
                 f" embedding vector({int(dims)}) NOT NULL)"
             )
             cursor.execute(f"CREATE INDEX IF NOT EXISTS {table}_store ON {table} (vector_store_id, store_file_id)")
-            if dims <= HNSW_MAX_DIMS:
-                cursor.execute(
-                    f"CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops)"
-                )
+        if with_index:
+            self.build_index(dims)
         with self._lock:
             self._tables.add(dims)
         return table
+
+    def build_index(self, dims: int, maintenance_work_mem: str | None = None) -> None:
+        """The HNSW index (a bulk load is faster without it, then this)."""
+        if dims > HNSW_MAX_DIMS:
+            return
+        table = vector_table(dims)
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SCHEMA_LOCK])
+            if maintenance_work_mem:
+                cursor.execute("SELECT set_config('maintenance_work_mem', %s, true)", [maintenance_work_mem])
+            cursor.execute(
+                f"CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops)"
+            )
 
     def _insert(self, table: str, rows: list[tuple[int, str, int, np.ndarray]]) -> None:
         if not rows:
@@ -506,14 +539,22 @@ class PgvectorBackend:
             self._synced.add((store_id, dims))
 
     def nearest(
-        self, store_ids: Sequence[str], store_file_ids: Sequence[int], queries: np.ndarray, limit: int
+        self,
+        files_by_store: Mapping[str, Collection[int]],
+        allowed: Collection[int] | None,
+        queries: np.ndarray,
+        limit: int,
     ) -> list[Candidate]:
         dims = queries.shape[1]
         table = self.ensure_table(dims)
-        for store_id in store_ids:
+        for store_id in files_by_store:
             self.sync(store_id, dims)
+        searched = list(allowed) if allowed is not None else [pk for files in files_by_store.values() for pk in files]
+        if not searched:
+            return []
+        # Only completed files count: a file still being ingested has some of its rows here already.
         where = "vector_store_id = ANY(%s) AND store_file_id = ANY(%s)"
-        params = [list(store_ids), list(store_file_ids)]
+        params = [list(files_by_store), searched]
         best: dict[int, Candidate] = {}
         with transaction.atomic(), self._raw().cursor() as cursor:
             # The HNSW scan yields ef_search candidates before the WHERE filters them: ask for enough.
@@ -581,21 +622,26 @@ def rank(
     score_threshold: float,
     filters: dict[str, Any] | None,
     ranker: str = "auto",
+    *,
+    using: Backend | None = None,
 ) -> list[dict[str, Any]]:
     """The best chunks of the stores' completed files whose attributes pass `filters`, best first,
-    as search result items {file_id, filename, score, attributes, content}."""
+    as search result items {file_id, filename, score, attributes, content}. `using` overrides the
+    configured backend (the benchmark compares them)."""
     files = VectorStoreFile.objects.filter(
         project=project, vector_store_id__in=list(vector_store_ids), status="completed"
-    ).values_list("id", "file_id", "file__filename", "attributes")
-    allowed = {
-        pk: _SearchedFile(file_id, filename, attributes or {})
-        for pk, file_id, filename, attributes in files
-        if matches(filters, attributes or {})
-    }
-    if not allowed or not len(queries):
+    ).values_list("id", "vector_store_id", "file_id", "file__filename", "attributes")
+    files_by_store: dict[str, list[int]] = {store_id: [] for store_id in vector_store_ids}
+    searched: dict[int, _SearchedFile] = {}
+    for pk, store_id, file_id, filename, attributes in files:
+        files_by_store[store_id].append(pk)
+        if matches(filters, attributes or {}):
+            searched[pk] = _SearchedFile(file_id, filename, attributes or {})
+    if not searched or not len(queries):
         return []
+    allowed = None if filters is None else set(searched)
     pool = max_num_results if ranker == "none" else candidate_pool(max_num_results)
-    candidates = backend().nearest(list(vector_store_ids), list(allowed), unit_rows(query_vectors), pool)
+    candidates = (using or backend()).nearest(files_by_store, allowed, unit_rows(query_vectors), pool)
     texts = dict(Chunk.objects.filter(pk__in=[c.chunk_id for c in candidates]).values_list("id", "text"))
     query_terms: set[str] = set().union(*(terms_of(query) for query in queries))
     scored: list[tuple[float, int, Candidate]] = []
@@ -614,7 +660,7 @@ def rank(
     scored.sort(key=lambda item: (-item[0], item[1]))
     results = []
     for score, chunk_id, candidate in scored[:max_num_results]:
-        store_file = allowed[candidate.store_file_id]
+        store_file = searched[candidate.store_file_id]
         results.append(
             {
                 "file_id": store_file.file_id,
