@@ -190,6 +190,8 @@ class Upload(ProjectObject):
     status = models.CharField(max_length=16, default="pending")
     expires_at = models.BigIntegerField()
     file = models.ForeignKey(File, null=True, on_delete=models.SET_NULL, related_name="+")
+    # `expires_after.seconds` from the create request: the File made on completion expires that long after.
+    file_expires_after = models.BigIntegerField(null=True)
 
     def __str__(self) -> str:
         return f"{self.filename} ({self.id}, {self.status})"
