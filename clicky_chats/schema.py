@@ -3,6 +3,7 @@ DRF views): the relays to the model upstream."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 _OBJECT = {"type": "object", "additionalProperties": True}
@@ -45,6 +46,83 @@ PROXY_OPERATIONS: list[tuple[str, str, str, str | None, str]] = [
     ("/v1/models", "get", "List models", None, "application/json"),
     ("/v1/models/{model}", "get", "Retrieve a model", None, "application/json"),
     ("/healthz", "get", "Health check (database reachable)", None, "application/json"),
+    # Vector stores
+    ("/v1/vector_stores", "get", "List vector stores", None, "application/json"),
+    ("/v1/vector_stores", "post", "Create a vector store", "application/json", "application/json"),
+    ("/v1/vector_stores/{vector_store_id}", "get", "Retrieve a vector store", None, "application/json"),
+    ("/v1/vector_stores/{vector_store_id}", "post", "Modify a vector store", "application/json", "application/json"),
+    ("/v1/vector_stores/{vector_store_id}", "delete", "Delete a vector store", None, "application/json"),
+    (
+        "/v1/vector_stores/{vector_store_id}/search",
+        "post",
+        "Search a vector store",
+        "application/json",
+        "application/json",
+    ),
+    ("/v1/vector_stores/{vector_store_id}/files", "get", "List a vector store's files", None, "application/json"),
+    (
+        "/v1/vector_stores/{vector_store_id}/files",
+        "post",
+        "Attach a file to a vector store",
+        "application/json",
+        "application/json",
+    ),
+    (
+        "/v1/vector_stores/{vector_store_id}/files/{file_id}",
+        "get",
+        "Retrieve a vector store file",
+        None,
+        "application/json",
+    ),
+    (
+        "/v1/vector_stores/{vector_store_id}/files/{file_id}",
+        "post",
+        "Update a vector store file's attributes",
+        "application/json",
+        "application/json",
+    ),
+    (
+        "/v1/vector_stores/{vector_store_id}/files/{file_id}",
+        "delete",
+        "Remove a file from a vector store",
+        None,
+        "application/json",
+    ),
+    (
+        "/v1/vector_stores/{vector_store_id}/files/{file_id}/content",
+        "get",
+        "A vector store file's parsed text",
+        None,
+        "application/json",
+    ),
+    (
+        "/v1/vector_stores/{vector_store_id}/file_batches",
+        "post",
+        "Create a file batch",
+        "application/json",
+        "application/json",
+    ),
+    (
+        "/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}",
+        "get",
+        "Retrieve a file batch",
+        None,
+        "application/json",
+    ),
+    (
+        "/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/cancel",
+        "post",
+        "Cancel a file batch",
+        None,
+        "application/json",
+    ),
+    (
+        "/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/files",
+        "get",
+        "List a file batch's files",
+        None,
+        "application/json",
+    ),
 ]
 
 
@@ -58,8 +136,7 @@ def add_proxy_endpoints(result: dict[str, Any], generator: Any, request: Any, pu
         }
         parameters = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in ("completion_id", "model")
-            if "{" + name + "}" in route
+            for name in re.findall(r"\{(\w+)\}", route)
         ]
         if parameters:
             operation["parameters"] = parameters
