@@ -136,8 +136,8 @@ async def _advance(run_id: str, fence: int, attempts: int) -> None:
             return
         if turn.status in Run.TERMINAL:
             return
-        if turn.prompt_too_long:
-            await db(progress.end_prompt_too_long, run_id, fence)
+        if turn.incomplete_reason is not None:
+            await db(progress.end_incomplete, run_id, fence, turn.incomplete_reason)
             return
         try:
             status = await _model_turn(run_id, fence, turn)
@@ -156,7 +156,8 @@ class TurnWriter:
     fence: int
     message_step: tuple[str, str] | None = None
     tool_step_id: str | None = None
-    text: str = ""
+    # Message content not yet written, as (kind, text) with kind "text" or "refusal".
+    pieces: list[tuple[str, str]] = field(default_factory=list)
     calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     known_calls: int = 0
     last_flush: float = 0.0
@@ -164,9 +165,15 @@ class TurnWriter:
     finish_reason: str | None = None
 
     def pending(self) -> bool:
-        return bool(self.text) or any(
+        return bool(self.pieces) or any(
             index >= self.known_calls or fragment["arguments"] for index, fragment in self.calls.items()
         )
+
+    def _add(self, kind: str, text: str) -> None:
+        if self.pieces and self.pieces[-1][0] == kind:
+            self.pieces[-1] = (kind, self.pieces[-1][1] + text)
+        else:
+            self.pieces.append((kind, text))
 
     def take_chunk(self, chunk: dict[str, Any]) -> None:
         if chunk.get("usage"):
@@ -176,7 +183,9 @@ class TurnWriter:
                 continue
             delta = choice.get("delta") or {}
             if delta.get("content"):
-                self.text += delta["content"]
+                self._add("text", delta["content"])
+            if delta.get("refusal"):
+                self._add("refusal", delta["refusal"])
             for call in delta.get("tool_calls") or []:
                 index = call.get("index", 0)
                 fragment = self.calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
@@ -192,11 +201,11 @@ class TurnWriter:
         if not self.pending() or (not force and now - self.last_flush < FLUSH_EVERY_S):
             return
         self.last_flush = now
-        if self.text:
+        if self.pieces:
             if self.message_step is None:
                 self.message_step = await db(progress.open_message, self.run_id, self.fence)
-            text, self.text = self.text, ""
-            await db(progress.append_text, self.run_id, self.fence, self.message_step[1], text)
+            pieces, self.pieces = self.pieces, []
+            await db(progress.append_content, self.run_id, self.fence, self.message_step[1], pieces)
         if self.calls:
             ready = self._ready_calls()
             if ready:
@@ -224,8 +233,9 @@ async def _model_turn(run_id: str, fence: int, turn: progress.TurnContext) -> st
     writer = TurnWriter(run_id, fence)
     answer = await _open_model_stream(turn.payload)
     reader = SSEReader()
+    finished = False  # [DONE] seen
+    pending_read: asyncio.Future[bytes] | None = None
     try:
-        pending_read: asyncio.Future[bytes] | None = None
         while True:
             if pending_read is None:
                 pending_read = asyncio.ensure_future(answer.content.readany())
@@ -240,6 +250,7 @@ async def _model_turn(run_id: str, fence: int, turn: progress.TurnContext) -> st
                 break
             for _event, data in reader.feed(raw):
                 if data.strip() == b"[DONE]":
+                    finished = True
                     continue
                 chunk = _parse_chunk(data)
                 writer.take_chunk(chunk)
@@ -249,9 +260,16 @@ async def _model_turn(run_id: str, fence: int, turn: progress.TurnContext) -> st
             "server_error", f"The model upstream broke off its answer: {exc or type(exc).__name__}"
         ) from None
     finally:
-        answer.close()
+        if pending_read is not None:
+            pending_read.cancel()  # stopped mid-read (cancelled, expired): nobody awaits it now
+        answer.close()  # hangs up on the model, whatever it was still going to say
     await writer.flush(force=True)
-    cut_short = writer.finish_reason == "length"
+    if writer.finish_reason is None and not finished:
+        # The body ended cleanly but the answer did not: no finish_reason, no [DONE].
+        raise TurnFailed("server_error", "The model upstream ended its answer before finishing it.")
+    if writer.message_step is None and writer.tool_step_id is None:
+        # The model said nothing: the turn still leaves its (empty) message, as OpenAI's do.
+        writer.message_step = await db(progress.open_message, run_id, fence)
     return await db(
         progress.finish_turn,
         run_id,
@@ -259,7 +277,7 @@ async def _model_turn(run_id: str, fence: int, turn: progress.TurnContext) -> st
         message_step=writer.message_step,
         tool_step_id=writer.tool_step_id,
         usage=_usage(writer.usage),
-        cut_short=cut_short,
+        finish_reason=writer.finish_reason,
         calls_pending=writer.tool_step_id is not None,
     )
 

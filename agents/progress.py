@@ -24,7 +24,8 @@ class TurnContext:
     payload: dict[str, Any]
     max_completion_tokens: int | None
     completion_tokens_used: int
-    prompt_too_long: bool = False
+    # Set when the run must end incomplete instead of calling the model: the reason.
+    incomplete_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -58,11 +59,12 @@ def _turn_context(run: Run) -> TurnContext:
     conversation = [_chat_message(message) for message in history]
     conversation += _this_run_so_far(run)
     system = [{"role": "system", "content": run.instructions}] if run.instructions else []
-    prompt_too_long = False
+    incomplete_reason = None
     if run.max_prompt_tokens:
         while conversation and _estimate(system + conversation) > run.max_prompt_tokens and len(conversation) > 1:
             conversation.pop(0)  # the oldest goes first, as OpenAI's auto truncation does
-        prompt_too_long = _estimate(system + conversation) > run.max_prompt_tokens
+        if _estimate(system + conversation) > run.max_prompt_tokens:
+            incomplete_reason = "max_prompt_tokens"
     payload: dict[str, Any] = {
         "model": run.model,
         "messages": system + conversation,
@@ -84,8 +86,10 @@ def _turn_context(run: Run) -> TurnContext:
             payload[name] = getattr(run, name)
     used = (run.usage or {}).get("completion_tokens", 0)
     if run.max_completion_tokens:
+        if used >= run.max_completion_tokens:  # earlier turns spent the run's whole budget
+            incomplete_reason = "max_completion_tokens"
         payload["max_completion_tokens"] = max(1, run.max_completion_tokens - used)
-    return TurnContext(run.id, run.status, run.model, payload, run.max_completion_tokens, used, prompt_too_long)
+    return TurnContext(run.id, run.status, run.model, payload, run.max_completion_tokens, used, incomplete_reason)
 
 
 def _chat_tool_choice(choice: dict[str, Any]) -> Any:
@@ -110,6 +114,8 @@ def _chat_message(message: Message) -> dict[str, Any]:
             parts.append({"type": "text", "text": part["text"]["value"]})
         elif part.get("type") == "image_url":
             parts.append({"type": "image_url", "image_url": part["image_url"]})
+        elif part.get("type") == "refusal" and message.role == "assistant":
+            parts.append({"type": "refusal", "refusal": part["refusal"]})
     if all(part["type"] == "text" for part in parts):
         return {"role": message.role, "content": "".join(part["text"] for part in parts)}
     return {"role": message.role, "content": parts}
@@ -191,18 +197,36 @@ def open_message(run_id: str, fence: int) -> tuple[str, str]:
         return step.id, message.id
 
 
-def append_text(run_id: str, fence: int, message_id: str, text: str) -> None:
+def append_content(run_id: str, fence: int, message_id: str, pieces: list[tuple[str, str]]) -> None:
+    """Adds (kind, text) pieces, kind "text" or "refusal", to the message as one delta event.
+
+    A piece continuing the message's last part of its kind extends it and its delta carries only
+    the new text; a new part's first delta carries the whole part (annotations included), since
+    the SDK concatenates strings and appends lists on every repeat."""
     with locked_run(run_id, fence=fence) as (_run, events):
         message = Message.objects.get(pk=message_id)
         first = not message.content
-        if first:
-            message.content = [{"type": "text", "text": {"value": text, "annotations": []}}]
-            part: dict[str, Any] = {"index": 0, "type": "text", "text": {"value": text, "annotations": []}}
-        else:
-            message.content[0]["text"]["value"] += text
-            part = {"index": 0, "type": "text", "text": {"value": text}}
+        parts: list[dict[str, Any]] = []
+        for kind, text in pieces:
+            last = message.content[-1] if message.content else None
+            if last is not None and last["type"] == kind:
+                index = len(message.content) - 1
+                if kind == "text":
+                    last["text"]["value"] += text
+                    parts.append({"index": index, "type": "text", "text": {"value": text}})
+                else:
+                    last["refusal"] += text
+                    parts.append({"index": index, "type": "refusal", "refusal": text})
+                continue
+            index = len(message.content)
+            if kind == "text":
+                message.content.append({"type": "text", "text": {"value": text, "annotations": []}})
+                parts.append({"index": index, "type": "text", "text": {"value": text, "annotations": []}})
+            else:
+                message.content.append({"type": "refusal", "refusal": text})
+                parts.append({"index": index, "type": "refusal", "refusal": text})
         message.save(update_fields=["content"])
-        delta: dict[str, Any] = {"content": [part]}
+        delta: dict[str, Any] = {"content": parts}
         if first:
             delta["role"] = "assistant"
         events.add("thread.message.delta", {"id": message_id, "object": "thread.message.delta", "delta": delta})
@@ -271,19 +295,24 @@ def finish_turn(
     message_step: tuple[str, str] | None,
     tool_step_id: str | None,
     usage: dict[str, Any],
-    cut_short: bool,
+    finish_reason: str | None,
     calls_pending: bool,
 ) -> str:
-    """Closes the turn's message and steps and moves the run on; returns the run's new status."""
+    """Closes the turn's message and steps and moves the run on; returns the run's new status.
+
+    The model's finish_reason decides how: "length" cuts the message and the run short (the
+    run's token limit), "content_filter" cuts only the message."""
+    cut_short = finish_reason == "length"
+    message_cut = {"length": "max_tokens", "content_filter": "content_filter"}.get(finish_reason or "")
     with locked_run(run_id, fence=fence) as (run, events):
         now = now_seconds()
         run.usage = _add_usage(run.usage, usage)
         if message_step is not None:
             step_id, message_id = message_step
             message = Message.objects.get(pk=message_id)
-            if cut_short:
+            if message_cut:
                 message.status, message.incomplete_at = "incomplete", now
-                message.incomplete_details = {"reason": "max_tokens"}
+                message.incomplete_details = {"reason": message_cut}
                 events.add("thread.message.incomplete", render.message(message))
             else:
                 message.status, message.completed_at = "completed", now
@@ -324,13 +353,10 @@ def finish_turn(
         return run.status
 
 
-def end_prompt_too_long(run_id: str, fence: int) -> None:
+def end_incomplete(run_id: str, fence: int, reason: str) -> None:
+    """Ends the run before a model call it has no tokens left for."""
     with locked_run(run_id, fence=fence) as (run, events):
-        run.status, run.incomplete_details, run.completed_at = (
-            "incomplete",
-            {"reason": "max_prompt_tokens"},
-            now_seconds(),
-        )
+        run.status, run.incomplete_details, run.completed_at = "incomplete", {"reason": reason}, now_seconds()
         run.lease_owner, run.lease_expires_at = None, None
         run.save()
         events.run_event("incomplete")
