@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.conftest import make_async_client
-from tests.fake_upstream import Reply
+from tests.fake_upstream import Reply, chat_chunk
 from tests.runs_support import (
     MODEL,
     POLL_MS,
@@ -102,6 +102,33 @@ def test_create_and_poll_async(kit: RunKit) -> None:
     run, messages = asyncio.run(main())
     assert run.status == "completed"
     assert [message.content[0].text.value for message in messages] == ["Async hello."]
+
+
+def test_runs_on_several_threads_at_once_each_get_their_answer(kit: RunKit) -> None:
+    assistant = kit.assistant()
+    threads = [kit.thread(f"Question {index}.") for index in range(4)]
+    kit.fake.script("chat/completions", *[Reply.stream(answer("Answer."), delay_s=0.6) for _ in threads])
+
+    async def main() -> list[Any]:
+        async with make_async_client(kit.server) as client:
+            return await asyncio.gather(
+                *[
+                    client.beta.threads.runs.create_and_poll(
+                        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL_MS
+                    )
+                    for thread in threads
+                ]
+            )
+
+    started = time.monotonic()
+    runs = asyncio.run(main())
+    # Four slow answers side by side: one after another they would take 2.4 s and more.
+    assert time.monotonic() - started < 2.0
+    assert [run.status for run in runs] == ["completed"] * 4
+    for thread in threads:
+        assert [m.role for m in kit.messages(thread.id)] == ["user", "assistant"]
+    asked = sorted(r.json()["messages"][-1]["content"] for r in kit.fake.requests if r.path == "chat/completions")
+    assert asked == [f"Question {index}." for index in range(4)]
 
 
 def test_create_and_run_poll_makes_the_thread_and_answers_on_it(kit: RunKit) -> None:
@@ -417,6 +444,15 @@ def test_a_run_id_under_the_wrong_thread_is_404(kit: RunKit) -> None:
         ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice.function.name"),
         ({"additional_messages": [{"role": "system", "content": "x"}]}, "additional_messages[0].role"),
         ({"metadata": {"k": "v" * 513}}, "metadata"),
+        (  # a run may override the assistant's tools with at most 20
+            {
+                "tools": [
+                    {"type": "function", "function": {"name": f"f{index}", "parameters": {"type": "object"}}}
+                    for index in range(21)
+                ]
+            },
+            "tools",
+        ),
     ],
 )
 def test_bad_run_requests_are_400_and_create_nothing(kit: RunKit, fields: dict[str, Any], param: str) -> None:
@@ -436,3 +472,42 @@ def test_a_missing_assistant_or_thread_is_404(kit: RunKit) -> None:
     assert_envelope(api(kit.server, "POST", "threads/thread_nope/runs", {"assistant_id": assistant.id}), 404)
     error = assert_envelope(api(kit.server, "POST", f"threads/{thread.id}/runs", {}), 400)
     assert error["param"] == "assistant_id"
+
+
+def test_an_empty_answer_still_makes_a_message(kit: RunKit) -> None:
+    """Every finished turn without function calls leaves a message_creation step and its message,
+    even when the model said nothing: clients read the answer from there."""
+    assistant = kit.assistant()
+    thread = kit.thread("Say nothing.")
+    kit.fake.script("chat/completions", Reply.stream(answer()))
+
+    run = kit.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL_MS)
+
+    assert run.status == "completed"
+    (reply,) = [m for m in kit.messages(thread.id) if m.role == "assistant"]
+    assert reply.status == "completed" and reply.content == [] and reply.run_id == run.id
+    (step,) = kit.runs.steps.list(run.id, thread_id=thread.id).data
+    assert step.type == "message_creation" and step.step_details.message_creation.message_id == reply.id
+
+
+def test_a_refusal_is_stored_as_a_refusal_part(kit: RunKit) -> None:
+    assistant = kit.assistant()
+    thread = kit.thread("Something I must refuse.")
+    chunks = [
+        chat_chunk(role="assistant"),
+        {**chat_chunk(), "choices": [{"index": 0, "delta": {"refusal": "I can't "}, "finish_reason": None}]},
+        {**chat_chunk(), "choices": [{"index": 0, "delta": {"refusal": "help with that."}, "finish_reason": None}]},
+        chat_chunk(finish_reason="stop"),
+    ]
+    kit.fake.script("chat/completions", Reply.stream(chunks))
+
+    run = kit.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL_MS)
+
+    assert run.status == "completed"
+    (reply,) = [m for m in kit.messages(thread.id) if m.role == "assistant"]
+    assert [part.model_dump() for part in reply.content] == [{"type": "refusal", "refusal": "I can't help with that."}]
+    kit.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL_MS)
+    assert model_request(kit)["messages"][-1] == {
+        "role": "assistant",
+        "content": [{"type": "refusal", "refusal": "I can't help with that."}],
+    }

@@ -374,3 +374,68 @@ def test_max_prompt_tokens_drops_the_oldest_messages_first(kit: RunKit) -> None:
     assert run.status == "completed"
     assert [m["content"][0] for m in kit.fake.last("chat/completions").json()["messages"]] == ["c"]
     assert run.usage is not None and run.usage.model_dump() == USAGE
+
+
+def test_an_answer_that_breaks_off_without_an_ending_fails(kit: RunKit) -> None:
+    """A stream that closes with neither a finish_reason nor [DONE] was cut off, not finished."""
+    assistant = kit.assistant()
+    thread = kit.thread("Hi.")
+    kit.fake.script(
+        "chat/completions", Reply.stream([chat_chunk("", role="assistant"), chat_chunk("Half an")], done=False)
+    )
+
+    run = kit.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL_MS)
+
+    assert run.status == "failed" and run.last_error is not None and run.last_error.code == "server_error"
+    (reply,) = [m for m in kit.messages(thread.id) if m.role == "assistant"]
+    assert reply.status == "incomplete" and reply.content[0].text.value == "Half an"
+
+
+def test_an_answer_that_goes_silent_fails_after_the_model_timeout(kit: RunKit) -> None:
+    assistant = kit.assistant()
+    thread = kit.thread("Hi.")
+    kit.fake.script("chat/completions", Reply.stream(answer("Then ", "nothing", " more"), hang_after=2))
+    run = kit.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+
+    failed = kit.wait(run, "failed", within_s=6)  # the harness sets CLICKY_CHATS_MODEL_TIMEOUT_S=3
+
+    assert failed.last_error is not None and failed.last_error.code == "server_error"
+
+
+def test_a_content_filtered_answer_leaves_the_message_incomplete(kit: RunKit) -> None:
+    assistant = kit.assistant()
+    thread = kit.thread("Something filtered.")
+    kit.fake.script("chat/completions", Reply.stream(answer("I was say", finish_reason="content_filter")))
+
+    run = kit.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL_MS)
+
+    assert run.status == "completed"  # a run's incomplete reasons are only its token limits
+    (reply,) = [m for m in kit.messages(thread.id) if m.role == "assistant"]
+    assert reply.status == "incomplete"
+    assert reply.incomplete_details is not None and reply.incomplete_details.reason == "content_filter"
+
+
+def test_a_spent_completion_budget_ends_the_run_before_another_model_call(kit: RunKit) -> None:
+    assistant = kit.assistant(tools=[WEATHER_TOOL])
+    thread = kit.thread("Weather?")
+    spent = {"prompt_tokens": 10, "completion_tokens": 256, "total_tokens": 266}
+    kit.fake.script(
+        "chat/completions",
+        Reply.stream(tool_call_answer(("call_sp", "get_weather", ['{"city":"Turku"}']), usage=spent)),
+    )
+    run = kit.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id, max_completion_tokens=256, poll_interval_ms=POLL_MS
+    )
+    assert run.status == "requires_action"
+
+    run = kit.runs.submit_tool_outputs_and_poll(
+        run_id=run.id,
+        thread_id=thread.id,
+        tool_outputs=[{"tool_call_id": "call_sp", "output": "cold"}],
+        poll_interval_ms=POLL_MS,
+    )
+
+    assert run.status == "incomplete"
+    assert run.incomplete_details is not None and run.incomplete_details.reason == "max_completion_tokens"
+    assert model_calls(kit) == 1
+    assert run.usage is not None and run.usage.model_dump() == spent
