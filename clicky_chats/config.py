@@ -126,6 +126,15 @@ def parse_search_backend(raw: str, dsn: str) -> str:
     return backend
 
 
+def parse_assistants_version(raw: str) -> str:
+    """The Assistants API version of /v1 requests that send no `OpenAI-Beta: assistants=...` header:
+    v2, or v1 for the Rubra UI, whose own (unauthenticated) calls send none."""
+    version = raw.strip().lower()
+    if version not in ("v1", "v2"):
+        raise ConfigError(f"CLICKY_CHATS_DEFAULT_ASSISTANTS_VERSION must be v1 or v2, not {raw!r}")
+    return version
+
+
 @dataclass(frozen=True)
 class Config:
     dsn: str
@@ -148,6 +157,7 @@ class Config:
     knowledge_retrieval_api_url: str
     search_backend: str
     search_cache_mb: int
+    default_assistants_version: str
 
 
 def load_secret_key(data_dir: Path) -> str:
@@ -214,4 +224,5 @@ def load() -> Config:
         knowledge_retrieval_api_url=env_str("CLICKY_CHATS_KNOWLEDGE_RETRIEVAL_API_URL", "").rstrip("/"),
         search_backend=parse_search_backend(env_str("CLICKY_CHATS_SEARCH_BACKEND", "numpy"), dsn),
         search_cache_mb=env_int("CLICKY_CHATS_SEARCH_CACHE_MB", 1024, minimum=0),
+        default_assistants_version=parse_assistants_version(env_str("CLICKY_CHATS_DEFAULT_ASSISTANTS_VERSION", "v2")),
     )
