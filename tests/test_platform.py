@@ -585,7 +585,14 @@ def test_rubra_tier_serves_the_v1_endpoints(server: ServerProcess, fake_upstream
         assert sdk.models.retrieve("fake-embedder").id == "fake-embedder"
         embedded = sdk.embeddings.create(model="fake-embedder", input="rubra", encoding_format="float")
         assert len(embedded.data[0].embedding) == 8
+        audio = b"RIFF" + bytes(range(256))
+        text = sdk.audio.transcriptions.create(file=("a.wav", audio, "audio/wav"), model="whisper-1")
+        assert text.text == "hello from the fake upstream"
     assert fake_upstream.last("chat/completions").headers["Authorization"] == "Bearer sk-upstream-secret"
+    assert audio in fake_upstream.last("audio/transcriptions").body
+    # Each answer has its own request id.
+    request_ids = {completion._request_id, embedded._request_id, text._request_id}
+    assert len(request_ids) == 3 and all(str(rid).startswith("req_") for rid in request_ids)
 
 
 def test_rubra_tier_streams_async(server: ServerProcess) -> None:
