@@ -544,7 +544,7 @@ def test_runagent_starts_and_stops_on_sigterm(server: ServerProcess, tmp_path: P
         agent.send_signal(signal.SIGTERM)
         # It idles for up to --poll-interval between passes; SIGTERM must not wait that out.
         assert agent.wait(timeout=10) == 0
-        assert time.monotonic() - signalled < 3
+        assert time.monotonic() - signalled < 5
     finally:
         if agent.poll() is None:
             agent.kill()
