@@ -194,7 +194,7 @@ class AgentProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a hang detector: Django start-up is slow on a busy machine
         while time.monotonic() < deadline:
             if "started" in self.log():
                 return self
