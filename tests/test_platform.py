@@ -531,7 +531,7 @@ def test_runagent_starts_and_stops_on_sigterm(server: ServerProcess, tmp_path: P
     log_path = tmp_path / "runagent.log"
     with open(log_path, "wb") as log:
         agent = subprocess.Popen(
-            [sys.executable, "manage.py", "runagent", "--poll-interval", "5"],
+            [sys.executable, "manage.py", "runagent", "--poll-interval", "10"],
             cwd=ROOT,
             env=server.env,
             stdout=log,
