@@ -437,6 +437,43 @@ def test_store_files_list_pages_and_filters(client: openai.OpenAI) -> None:
     assert list(client.vector_stores.files.list(store.id, filter="in_progress")) == []
 
 
+def test_a_file_whose_agent_dies_is_taken_over(database: Database, fake_upstream: FakeUpstream) -> None:
+    # A server of its own, without agents inside, and a short lease: the agent is killed mid-file.
+    proc = ServerProcess(
+        database,
+        fake_upstream.base_url,
+        env={
+            "CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY}",
+            "CLICKY_CHATS_EMBEDDING_MODEL": "fake-bow-embedder",
+            "CLICKY_CHATS_RUN_LEASE_S": "2",
+        },
+        with_agents=False,
+    ).start()
+    first = AgentProcess(proc).start()
+    second: AgentProcess | None = None
+    try:
+        with make_client(proc) as client:
+            fake_upstream.script("embeddings", Reply.hang())
+            store = client.vector_stores.create(name="takeover")
+            file_id = upload(client, "orphan.txt", GARDEN.encode())
+            client.vector_stores.files.create(store.id, file_id=file_id)
+            wait_until(lambda: any(r.path == "embeddings" for r in fake_upstream.requests), what="the first agent")
+            assert first.process is not None
+            first.process.kill()  # no goodbye: its lease simply runs out
+            first.process.wait(10)
+            assert client.vector_stores.files.retrieve(file_id, vector_store_id=store.id).status == "in_progress"
+
+            second = AgentProcess(proc).start()
+            done = client.vector_stores.files.poll(file_id, vector_store_id=store.id, poll_interval_ms=POLL_MS)
+            assert done.status == "completed" and done.last_error is None
+            assert content_text(client, store.id, file_id) == [GARDEN]
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
+        proc.stop()
+
+
 # --- file batches --------------------------------------------------------------------------------
 
 
