@@ -21,9 +21,10 @@ import aiohttp
 import orjson
 from django.conf import settings
 
-from agents import bus, progress
+from agents import bus, progress, server_calls, toolbox
 from agents.db import db
 from agents.runs import MAX_ATTEMPTS, LeaseLost, run_release, run_renew
+from api_rubrax import tool_events
 from api_v1.models import Run
 from clicky_chats import upstream
 from clicky_chats.config import env_float, env_int
@@ -129,23 +130,58 @@ async def _advance(run_id: str, fence: int, attempts: int) -> None:
             progress.fail, run_id, fence, "server_error", f"The run was interrupted {MAX_ATTEMPTS} times; giving up."
         )
         return
+    continuing = False
     while True:
-        turn = await db(progress.begin, run_id, fence)
+        turn = await db(progress.begin, run_id, fence, continuing=continuing)
+        continuing = True
         if turn.status == "cancelling":
             await db(progress.cancel, run_id, fence)
             return
         if turn.status in Run.TERMINAL:
             return
+        tools = await toolbox.build(turn.toolbox_inputs)
+        if turn.pending_step_id is not None:
+            # The model asked for server-side tools: run them, then ask the model again.
+            if await _run_server_calls(run_id, fence, turn.pending_step_id, tools) != "continue":
+                return
+            continue
         if turn.incomplete_reason is not None:
             await db(progress.end_incomplete, run_id, fence, turn.incomplete_reason)
             return
+        if tools:
+            turn.payload.setdefault("tools", []).extend(tool.definition for tool in tools.values())
         try:
-            status = await _model_turn(run_id, fence, turn)
+            status = await _model_turn(run_id, fence, turn, tools)
         except TurnFailed as failure:
             await db(progress.fail, run_id, fence, failure.code, failure.message)
             return
-        if status != "in_progress":  # server-side tools (issue 5) will loop here
+        if status != "tools":
             return
+
+
+async def _run_server_calls(run_id: str, fence: int, step_id: str, tools: dict[str, toolbox.ServerTool]) -> str:
+    """Runs the step's pending server-side calls in order. Returns "continue" when the model can
+    be asked again, or what the run now waits for (requires_confirmation, requires_action)."""
+    for call in await db(server_calls.pending_server_calls, run_id, fence, step_id):
+        tool = tools.get(call["name"])
+        record: dict[str, Any] = {}
+        if tool is None:
+            output = f"The tool {call['name']} is not available on this server any more."
+        elif call["confirmation"] is False:
+            output = "The user denied this tool call."
+        elif tool.requires_confirmation and call["confirmation"] is None:
+            action = f"{tool.describe or tool.name} with {call['arguments'] or '{}'}"
+            await db(server_calls.await_confirmation, run_id, fence, step_id, call["id"], action)
+            await tool_events.emitter(step_id, {"tool_call_id": call["id"], "run_id": run_id})(
+                "callConfirm", tool=tool.name, input=call["arguments"], action=action
+            )
+            return "requires_confirmation"
+        else:
+            emit = tool_events.emitter(step_id, {"tool_call_id": call["id"], "run_id": run_id})
+            result = await tool.call(call["arguments"], emit)
+            output, record = result.output, result.record
+        await db(server_calls.record_server_output, run_id, fence, step_id, call["id"], output, record)
+    return await db(server_calls.settle_tool_step, run_id, fence, step_id)
 
 
 @dataclass
@@ -163,11 +199,21 @@ class TurnWriter:
     last_flush: float = 0.0
     usage: dict[str, Any] = field(default_factory=dict)
     finish_reason: str | None = None
+    # Functions the agent runs itself: their calls are kept aside, not streamed as the client's.
+    server_names: frozenset[str] = frozenset()
 
     def pending(self) -> bool:
         return bool(self.pieces) or any(
-            index >= self.known_calls or fragment["arguments"] for index, fragment in self.calls.items()
+            (index >= self.known_calls or fragment["arguments"]) and fragment["name"] not in self.server_names
+            for index, fragment in self.calls.items()
         )
+
+    def server_calls(self) -> list[dict[str, Any]]:
+        return [
+            {"id": fragment["id"] or new_id("call_"), "name": fragment["name"], "arguments": fragment["arguments"]}
+            for _index, fragment in sorted(self.calls.items())
+            if fragment["name"] in self.server_names
+        ]
 
     def _add(self, kind: str, text: str) -> None:
         if self.pieces and self.pieces[-1][0] == kind:
@@ -217,20 +263,21 @@ class TurnWriter:
         """What to write of the calls now: a new call whole (id, name, arguments so far), a known
         one only its new arguments. OpenAI sends id and name in a call's first fragment."""
         ready: dict[int, dict[str, Any]] = {}
-        for index in sorted(self.calls):
+        client = [index for index in sorted(self.calls) if self.calls[index]["name"] not in self.server_names]
+        for position, index in enumerate(client):
             fragment = self.calls[index]
-            if index >= self.known_calls:
+            if position >= self.known_calls:
                 fragment["id"] = fragment["id"] or new_id("call_")
-                self.known_calls = index + 1
-                ready[index] = dict(fragment)
+                self.known_calls = position + 1
+                ready[position] = dict(fragment)
             elif fragment["arguments"]:
-                ready[index] = {"arguments": fragment["arguments"]}
+                ready[position] = {"arguments": fragment["arguments"]}
             fragment["arguments"] = ""
         return ready
 
 
-async def _model_turn(run_id: str, fence: int, turn: progress.TurnContext) -> str:
-    writer = TurnWriter(run_id, fence)
+async def _model_turn(run_id: str, fence: int, turn: progress.TurnContext, tools: dict[str, toolbox.ServerTool]) -> str:
+    writer = TurnWriter(run_id, fence, server_names=frozenset(tools))
     answer = await _open_model_stream(turn.payload)
     reader = SSEReader()
     finished = False  # [DONE] seen
@@ -267,7 +314,7 @@ async def _model_turn(run_id: str, fence: int, turn: progress.TurnContext) -> st
     if writer.finish_reason is None and not finished:
         # The body ended cleanly but the answer did not: no finish_reason, no [DONE].
         raise TurnFailed("server_error", "The model upstream ended its answer before finishing it.")
-    if writer.message_step is None and writer.tool_step_id is None:
+    if writer.message_step is None and writer.tool_step_id is None and not writer.server_calls():
         # The model said nothing: the turn still leaves its (empty) message, as OpenAI's do.
         writer.message_step = await db(progress.open_message, run_id, fence)
     return await db(
@@ -279,6 +326,8 @@ async def _model_turn(run_id: str, fence: int, turn: progress.TurnContext) -> st
         usage=_usage(writer.usage),
         finish_reason=writer.finish_reason,
         calls_pending=writer.tool_step_id is not None,
+        server_call_list=writer.server_calls(),
+        toolbox_kinds={name: tool.record_kind for name, tool in tools.items()},
     )
 
 

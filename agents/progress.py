@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents import server_calls
 from agents.runs import finish_cancelled, finish_expired, finish_failed, locked_run
 from api_v1 import render
 from api_v1.models import Message, Run, RunStep
@@ -27,11 +28,15 @@ class TurnContext:
     # Set when the run must end incomplete instead of calling the model: the reason.
     incomplete_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # What agents/toolbox.py needs to build the run's server-side tools.
+    toolbox_inputs: dict[str, Any] = field(default_factory=dict)
+    # A tool_calls step whose server-side calls still wait to run (after a confirmation).
+    pending_step_id: str | None = None
 
 
-def begin(run_id: str, fence: int) -> TurnContext:
+def begin(run_id: str, fence: int, *, continuing: bool = False) -> TurnContext:
     """Moves a claimed run to in_progress (or picks up one a crashed agent held) and gathers the
-    model request for its next turn."""
+    model request for its next turn. `continuing` is this agent's own next turn of the run."""
     with locked_run(run_id, fence=fence) as (run, events):
         if run.status in ("cancelling", *Run.TERMINAL):
             return TurnContext(run_id, run.status, run.model, {}, None, 0)
@@ -41,12 +46,14 @@ def begin(run_id: str, fence: int) -> TurnContext:
                 run.started_at = now_seconds()
             run.save(update_fields=["status", "started_at"])
             events.run_event("in_progress")
-        else:
+        elif not continuing:
             # Taken over from an agent that died mid-turn: drop its half-written turn; this
             # agent makes the call again, so the thread ends with exactly one answer.
             RunStep.objects.filter(run=run, status="in_progress").delete()
             Message.objects.filter(run_id=run.id, status="in_progress").delete()
-        return _turn_context(run)
+        context = _turn_context(run)
+        context.pending_step_id = server_calls.pending_step(run)
+        return context
 
 
 def _turn_context(run: Run) -> TurnContext:
@@ -89,7 +96,16 @@ def _turn_context(run: Run) -> TurnContext:
         if used >= run.max_completion_tokens:  # earlier turns spent the run's whole budget
             incomplete_reason = "max_completion_tokens"
         payload["max_completion_tokens"] = max(1, run.max_completion_tokens - used)
-    return TurnContext(run.id, run.status, run.model, payload, run.max_completion_tokens, used, incomplete_reason)
+    return TurnContext(
+        run.id,
+        run.status,
+        run.model,
+        payload,
+        run.max_completion_tokens,
+        used,
+        incomplete_reason,
+        toolbox_inputs=server_calls.toolbox_inputs(run),
+    )
 
 
 def _chat_tool_choice(choice: dict[str, Any]) -> Any:
@@ -131,7 +147,8 @@ def _this_run_so_far(run: Run) -> list[dict[str, Any]]:
             if found is not None:
                 turns.append(_chat_message(found))
             continue
-        calls = [call for call in details.get("tool_calls", []) if call.get("type") == "function"]
+        calls = [server_calls.as_function_call(call) for call in details.get("tool_calls", [])]
+        calls = [call for call in calls if call is not None]
         if not calls:
             continue
         turns.append(
@@ -142,15 +159,35 @@ def _this_run_so_far(run: Run) -> list[dict[str, Any]]:
                     {
                         "id": call["id"],
                         "type": "function",
-                        "function": {"name": call["function"]["name"], "arguments": call["function"]["arguments"]},
+                        "function": {"name": call["name"], "arguments": call["arguments"]},
                     }
                     for call in calls
                 ],
             }
         )
         for call in calls:
-            turns.append({"role": "tool", "tool_call_id": call["id"], "content": call["function"].get("output") or ""})
-    return turns
+            turns.append({"role": "tool", "tool_call_id": call["id"], "content": call["output"] or ""})
+    return _as_spoken(turns)
+
+
+def _as_spoken(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One answer that both said something and called functions is stored as a message step
+    followed by a tool_calls step; the model wrote it as one assistant message, so it is shown
+    the same way (two assistant messages in a row trip up some chat templates)."""
+    spoken: list[dict[str, Any]] = []
+    for turn in turns:
+        previous = spoken[-1] if spoken else None
+        if (
+            turn.get("tool_calls")
+            and previous is not None
+            and previous["role"] == "assistant"
+            and "tool_calls" not in previous
+            and isinstance(previous.get("content"), str)
+        ):
+            previous["tool_calls"] = turn["tool_calls"]
+            continue
+        spoken.append(turn)
+    return spoken
 
 
 # --- writing a turn as it streams --------------------------------------------------------------
@@ -297,6 +334,8 @@ def finish_turn(
     usage: dict[str, Any],
     finish_reason: str | None,
     calls_pending: bool,
+    server_call_list: list[dict[str, Any]] | None = None,
+    toolbox_kinds: dict[str, str] | None = None,
 ) -> str:
     """Closes the turn's message and steps and moves the run on; returns the run's new status.
 
@@ -317,11 +356,17 @@ def finish_turn(
             else:
                 message.status, message.completed_at = "completed", now
                 events.add("thread.message.completed", render.message(message))
+            server_calls.annotate_citations(run, message)
             message.save()
             step = RunStep.objects.get(pk=step_id)
             step.status, step.completed_at, step.usage = "completed", now, usage
             step.save()
             events.add("thread.run.step.completed", render.run_step(step, "rubra"))
+        if server_call_list and not cut_short:
+            # The agent runs these itself next; the run stays in_progress meanwhile.
+            server_calls.add_server_calls(run, events, tool_step_id, server_call_list, toolbox_kinds or {}, usage)
+            run.save(update_fields=["usage"])
+            return "tools"
         if tool_step_id is not None and calls_pending and not cut_short:
             step = RunStep.objects.get(pk=tool_step_id)
             step.usage = usage

@@ -340,6 +340,55 @@ def run_submit_tool_outputs(project: str, thread_id: str, run_id: str, body: dic
     return run, start
 
 
+def run_confirm(project: str, thread_id: str, run_id: str, body: dict[str, Any]) -> tuple[Run, int]:
+    """A person approves or denies the server-side call the run waits on; the run goes on either
+    way (a denied call tells the model the user said no). Returns the run and where its stream
+    picks up."""
+    v.check(body, {"confirmation": v.obj(), "stream": v.boolean()}, required=("confirmation",))
+    decision = body["confirmation"]
+    v.check(
+        decision,
+        {"tool_call_id": v.string(nonempty=True), "confirmation": v.boolean()},
+        required=("tool_call_id", "confirmation"),
+        prefix="confirmation.",
+    )
+    get_run(project, thread_id, run_id)
+    with locked_run(run_id, project=project) as (run, events):
+        waiting = (run.required_action or {}).get("x-confirm") or {}
+        if run.status != "requires_confirmation" or not waiting:
+            raise ApiError(f"Run {run_id} is not waiting for a confirmation (status '{run.status}').", param="run_id")
+        if decision["tool_call_id"] != waiting.get("id"):
+            raise v.invalid("confirmation.tool_call_id", f"the run waits on tool call '{waiting.get('id')}'.")
+        step = (
+            RunStep.objects.select_for_update()
+            .filter(run=run, type="tool_calls", status="in_progress")
+            .order_by("-created_ns")
+            .first()
+        )
+        if step is not None:
+            for call in step.step_details.get("tool_calls", []):
+                if call.get("id") == waiting["id"]:
+                    call["x-confirmation"] = decision["confirmation"]
+            step.save(update_fields=["step_details"])
+        start = run.next_event_index
+        run.status, run.required_action = "queued", None
+        run.save(update_fields=["status", "required_action"])
+        events.run_event("queued")
+        bus.publish(bus.QUEUE)
+    from api_rubrax.tool_events import record
+
+    record(
+        step.id if step else run.id,
+        "callConfirm",
+        {
+            "tool_call_id": waiting["id"],
+            "run_id": run.id,
+            "confirmed": decision["confirmation"],
+        },
+    )
+    return run, start
+
+
 def run_cancel(project: str, thread_id: str, run_id: str) -> Run:
     get_run(project, thread_id, run_id)
     with locked_run(run_id, project=project) as (run, events):

@@ -46,6 +46,9 @@ class ServerTool:
     call: Callable[[str, Emit], Awaitable[ToolResult]]
     requires_confirmation: bool = False
     describe: str = ""
+    # How a call is shown in the run step: a "function" item, or a "file_search" or
+    # "code_interpreter" item as OpenAI shows its own tools.
+    record_kind: str = "function"
 
 
 def _function(name: str, description: str, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -114,6 +117,7 @@ def file_search_tool(name: str, project: str, store_ids: list[str], options: dic
         _function(name, FILE_SEARCH_INSTRUCTIONS, _query_schema()),
         call,
         describe="search the files",
+        record_kind="file_search",
     )
 
 
@@ -252,6 +256,7 @@ def builtin_tool(builtin: str, name: str, file_search: ServerTool | None, confir
             interpret,
             confirm,
             describe="run Python code",
+            record_kind="code_interpreter",
         )
     return None
 

@@ -20,6 +20,7 @@ urlpatterns = [
     path("tools/<str:pk>", TOOL),
     path("threads", THREADS),
     path("threads/<str:thread_id>/runs/<str:run_id>/stream", views.run_stream),
+    path("threads/<str:thread_id>/runs/<str:run_id>/confirm", views.run_confirm),
     path("threads/<str:thread_id>/runs/<str:run_id>/steps/<str:step_id>/events", views.step_events),
 ]
 
@@ -32,5 +33,6 @@ FLAT_ALIASES = [
     path("x-tools/<str:pk>", TOOL),
     path("x-threads", THREADS),
     path("threads/<str:thread_id>/runs/<str:run_id>/x-stream", views.run_stream),
+    path("threads/<str:thread_id>/runs/<str:run_id>/x-confirm", views.run_confirm),
     path("threads/<str:thread_id>/runs/<str:run_id>/steps/<str:step_id>/x-events", views.step_events),
 ]

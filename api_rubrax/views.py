@@ -113,7 +113,7 @@ async def run_stream(request: HttpRequest, thread_id: str, run_id: str) -> HttpR
     """The run's stored events from `index` as SSE: a replay, then live while the run goes on."""
     index = _index(request)
     await sync_to_async(run_flows.get_run)(request.project, thread_id, run_id)
-    return sse_response(run_event_stream(run_id, index, "rubra"))
+    return sse_response(run_event_stream(run_id, index, "rubra", replay=True))
 
 
 @api_endpoint("GET")
@@ -130,3 +130,13 @@ def _step_over(step_id: str) -> bool:
     from api_v1.models import RunStep
 
     return RunStep.objects.filter(pk=step_id).exclude(status="in_progress").exists()
+
+
+@api_endpoint("POST")
+async def run_confirm(request: HttpRequest, thread_id: str, run_id: str) -> HttpResponseBase:
+    """Approves or denies the tool call a run waits on; with `stream`, follows the run from there."""
+    body = v.read_json(request)
+    run, start = await sync_to_async(run_flows.run_confirm)(request.project, thread_id, run_id, body)
+    if body.get("stream") is True:
+        return sse_response(run_event_stream(run.id, start, "rubra"))
+    return json_ok(render.run(run, "rubra"))

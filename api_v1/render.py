@@ -129,7 +129,8 @@ def run_step(obj: RunStep, tier: str = "v1", include: frozenset[str] = frozenset
 
 
 def _tool_call(call: dict[str, Any], tier: str, include: frozenset[str]) -> dict[str, Any]:
-    call = dict(call)
+    # Keys starting with "_" are the engine's own bookkeeping (agents/server_calls.py).
+    call = {key: value for key, value in call.items() if not key.startswith("_")}
     if call.get("type") == "function" and tier != "rubra":
         call.pop("x-confirmation", None)
     if call.get("type") == "file_search" and FILE_SEARCH_CONTENT_INCLUDE not in include:

@@ -32,6 +32,7 @@ STREAM_ENDS = frozenset(
         "incomplete",
     )
 )
+PAUSES = frozenset(("thread.run.requires_action", "thread.run.requires_confirmation"))
 KEEP_ALIVE_S = 15.0
 # Sent with unfinished runs, as OpenAI does: the SDK's poll helpers wait this long between looks
 # instead of their default whole second.
@@ -57,7 +58,9 @@ def _run_exists(run_id: str) -> bool:
     return Run.objects.filter(pk=run_id).exists()
 
 
-async def run_event_stream(run_id: str, start: int, tier: str, *, stop_at_pause: bool = True) -> AsyncIterator[bytes]:
+async def run_event_stream(
+    run_id: str, start: int, tier: str, *, stop_at_pause: bool = True, replay: bool = False
+) -> AsyncIterator[bytes]:
     """The run's stored events from `start` as SSE, live: it waits for the agent (in this process
     or another) to write more, until the run pauses for the client or ends."""
     bus.start_pg_listener()
@@ -69,14 +72,19 @@ async def run_event_stream(run_id: str, start: int, tier: str, *, stop_at_pause:
     try:
         while True:
             events = await sync_to_async(_events_from)(run_id, index)
-            for event_index, event, data in events:
+            for position, (event_index, event, data) in enumerate(events):
                 index = event_index + 1
                 visible = render.event_for_tier(event, data, tier)
                 if visible is not None:
                     yield frame(visible, event)
                 if stop_at_pause and event in STREAM_ENDS:
-                    yield DONE
-                    return
+                    # A replay goes past a pause the run has since moved on from.
+                    moved_on = event in PAUSES and (
+                        position < len(events) - 1 or await sync_to_async(_events_from)(run_id, index)
+                    )
+                    if not (replay and moved_on):
+                        yield DONE
+                        return
             if events:
                 quiet_s = 0.0
                 continue

@@ -1,0 +1,286 @@
+"""The run's calls to server-side tools, as stored in its tool_calls steps.
+
+A server call sits in the step beside the client's function calls, marked `_server`, with its
+output null until the agent has run it. `file_search` and `code_interpreter` calls keep the function
+call the model made under `_call`, so the next model request can replay it. Keys starting with `_`
+never reach a client (api_v1/render.py strips them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.runs import Events, locked_run
+from agents.toolbox import BUILTIN_NAMES, citations
+from agents.tools import sandbox
+from api_v1 import render
+from api_v1.models import Assistant, Message, Run, RunStep
+from clicky_chats.config import env_bool
+from clicky_chats.ids import new_id, now_ns, now_seconds
+
+
+def toolbox_inputs(run: Run) -> dict[str, Any]:
+    """What agents/toolbox.build needs, read inside the run's transaction."""
+    from api_rubrax.models import XTool
+    from api_rubrax.xtools import env_dict
+
+    assistant = Assistant.objects.filter(pk=run.assistant_id).first()
+    named = list((assistant.gptscript_tools if assistant else None) or [])
+    named += [tool.get("x-tool") for tool in run.tools if tool.get("type") == "gptscript" and tool.get("x-tool")]
+    builtins = [name for name in dict.fromkeys(named) if name in BUILTIN_NAMES]
+    kinds = {tool.get("type") for tool in run.tools}
+    if "retrieval" in kinds and "retrieval" not in builtins:
+        builtins.append("retrieval")
+    if "code_interpreter" in kinds and sandbox.command_tools_allowed() and "code_interpreter" not in builtins:
+        builtins.append("code_interpreter")
+    file_search = next((tool.get("file_search") or {} for tool in run.tools if tool.get("type") == "file_search"), None)
+    store_ids: list[str] = []
+    for resources in ((assistant.tool_resources if assistant else None), run.thread.tool_resources):
+        store_ids += ((resources or {}).get("file_search") or {}).get("vector_store_ids") or []
+    store_ids += _hidden_store_ids(assistant)
+    xtool_ids = [name for name in dict.fromkeys(named) if name not in BUILTIN_NAMES]
+    xtools = [
+        {
+            "id": tool.id,
+            "type": tool.type,
+            "name": tool.name,
+            "contents": tool.contents or "",
+            "subtool": tool.subtool,
+            "env": env_dict(tool.env_vars),
+            "server_url": tool.server_url,
+            "server_label": tool.server_label or tool.name,
+            "allowed_tools": tool.allowed_tools,
+            "requires_confirmation": tool.requires_confirmation,
+        }
+        for tool in XTool.objects.filter(project=run.project, pk__in=xtool_ids)
+    ]
+    return {
+        "project": run.project,
+        "model": run.model,
+        "client_functions": [t["function"]["name"] for t in run.tools if t.get("type") == "function"],
+        "file_search": file_search,
+        "vector_store_ids": list(dict.fromkeys(store_ids)),
+        "builtins": builtins,
+        "xtools": xtools,
+        "confirm_default": env_bool("CLICKY_CHATS_CONFIRM", False),
+    }
+
+
+def _hidden_store_ids(assistant: Assistant | None) -> list[str]:
+    """The Assistants v1 dialect keeps an assistant's `file_ids` in a hidden store of its own."""
+    if assistant is None:
+        return []
+    from api_v1.models import VectorStore
+
+    return list(
+        VectorStore.objects.filter(
+            project=assistant.project, hidden=True, metadata__assistant_id=assistant.id
+        ).values_list("id", flat=True)
+    )
+
+
+def pending_step(run: Run) -> str | None:
+    """The in-progress tool_calls step whose server calls have not all run, if any."""
+    for step in RunStep.objects.filter(run=run, type="tool_calls", status="in_progress").order_by("-created_ns"):
+        if any(call.get("_server") and _output(call) is None for call in step.step_details.get("tool_calls", [])):
+            return step.id
+    return None
+
+
+def _output(call: dict[str, Any]) -> Any:
+    if "_call" in call:
+        return call["_call"].get("output")
+    return (call.get("function") or {}).get("output")
+
+
+def as_function_call(call: dict[str, Any]) -> dict[str, Any] | None:
+    """A stored call as the function call the model made: {id, name, arguments, output}."""
+    if "_call" in call:
+        inner = call["_call"]
+        return {"id": call["id"], "name": inner["name"], "arguments": inner["arguments"], "output": inner.get("output")}
+    if call.get("type") == "function":
+        function = call["function"]
+        return {
+            "id": call["id"],
+            "name": function["name"],
+            "arguments": function["arguments"],
+            "output": function.get("output"),
+        }
+    return None
+
+
+def _record(call: dict[str, Any], kind: str) -> dict[str, Any]:
+    base = {"id": call["id"], "_server": True}
+    if kind == "file_search":
+        return {
+            **base,
+            "type": "file_search",
+            "file_search": {},
+            "_call": {"name": call["name"], "arguments": call["arguments"], "output": None},
+        }
+    if kind == "code_interpreter":
+        return {
+            **base,
+            "type": "code_interpreter",
+            "code_interpreter": {"input": "", "outputs": []},
+            "_call": {"name": call["name"], "arguments": call["arguments"], "output": None},
+        }
+    return {
+        **base,
+        "type": "function",
+        "function": {"name": call["name"], "arguments": call["arguments"], "output": None},
+    }
+
+
+def _public(call: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in call.items() if not key.startswith("_")}
+
+
+def _delta(events: Events, step_id: str, items: list[dict[str, Any]]) -> None:
+    events.add(
+        "thread.run.step.delta",
+        {
+            "id": step_id,
+            "object": "thread.run.step.delta",
+            "delta": {"step_details": {"type": "tool_calls", "tool_calls": items}},
+        },
+    )
+
+
+def add_server_calls(
+    run: Run,
+    events: Events,
+    step_id: str | None,
+    calls: list[dict[str, Any]],
+    kinds: dict[str, str],
+    usage: dict[str, Any],
+) -> str:
+    """Puts the model's calls to server tools into the turn's tool_calls step (made if needed)."""
+    if step_id is None:
+        step = RunStep.objects.create(
+            id=new_id("step_"),
+            project=run.project,
+            run=run,
+            thread_id=run.thread_id,
+            assistant_id=run.assistant_id,
+            created_at=now_seconds(),
+            created_ns=now_ns(),
+            type="tool_calls",
+            status="in_progress",
+            step_details={"type": "tool_calls", "tool_calls": []},
+        )
+        events.add("thread.run.step.created", render.run_step(step, "rubra"))
+        events.add("thread.run.step.in_progress", render.run_step(step, "rubra"))
+    else:
+        step = RunStep.objects.get(pk=step_id)
+    stored = step.step_details["tool_calls"]
+    items = []
+    for call in calls:
+        record = _record(call, kinds.get(call["name"], "function"))
+        items.append({"index": len(stored), **_public(record)})
+        stored.append(record)
+    step.usage = usage
+    step.save(update_fields=["step_details", "usage"])
+    _delta(events, step.id, items)
+    return step.id
+
+
+def pending_server_calls(run_id: str, fence: int, step_id: str) -> list[dict[str, Any]]:
+    with locked_run(run_id, fence=fence):
+        step = RunStep.objects.get(pk=step_id)
+        pending = []
+        for call in step.step_details["tool_calls"]:
+            if call.get("_server") and _output(call) is None:
+                function = as_function_call(call) or {}
+                pending.append(
+                    {
+                        "id": call["id"],
+                        "name": function.get("name", ""),
+                        "arguments": function.get("arguments", ""),
+                        "confirmation": call.get("x-confirmation"),
+                    }
+                )
+        return pending
+
+
+def await_confirmation(run_id: str, fence: int, step_id: str, call_id: str, action: str) -> None:
+    """Holds the run in requires_confirmation until a person approves or denies the call."""
+    with locked_run(run_id, fence=fence) as (run, events):
+        run.status = "requires_confirmation"
+        run.required_action = {"type": "confirm", "x-confirm": {"id": call_id, "action": action}}
+        run.lease_owner, run.lease_expires_at = None, None
+        run.save()
+        events.run_event("requires_confirmation")
+
+
+def record_server_output(
+    run_id: str, fence: int, step_id: str, call_id: str, output: str, record: dict[str, Any]
+) -> None:
+    with locked_run(run_id, fence=fence) as (_run, events):
+        step = RunStep.objects.get(pk=step_id)
+        stored = step.step_details["tool_calls"]
+        for index, call in enumerate(stored):
+            if call["id"] != call_id:
+                continue
+            if "_call" in call:
+                call["_call"]["output"] = output
+                for key, value in record.items():
+                    if key != "type":
+                        call[key] = value
+                delta = {"index": index, "type": call["type"]}
+            else:
+                call["function"]["output"] = output
+                delta = {"index": index, "type": "function", "function": {"output": output}}
+            step.save(update_fields=["step_details"])
+            _delta(events, step.id, [delta])
+            return
+
+
+def settle_tool_step(run_id: str, fence: int, step_id: str) -> str:
+    """After the server calls ran: the client's own calls, if any, put the run in
+    requires_action; otherwise the step completes and the run goes on ("continue")."""
+    with locked_run(run_id, fence=fence) as (run, events):
+        step = RunStep.objects.get(pk=step_id)
+        client_calls = [
+            call
+            for call in step.step_details["tool_calls"]
+            if call.get("type") == "function" and not call.get("_server") and call["function"].get("output") is None
+        ]
+        if client_calls:
+            run.status = "requires_action"
+            run.required_action = {
+                "type": "submit_tool_outputs",
+                "submit_tool_outputs": {
+                    "tool_calls": [
+                        {
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": call["function"]["arguments"]},
+                        }
+                        for call in client_calls
+                    ]
+                },
+            }
+            run.lease_owner, run.lease_expires_at = None, None
+            run.save()
+            events.run_event("requires_action")
+            return "requires_action"
+        step.status, step.completed_at = "completed", now_seconds()
+        step.save(update_fields=["status", "completed_at"])
+        events.add("thread.run.step.completed", render.run_step(step, "rubra"))
+        return "continue"
+
+
+def annotate_citations(run: Run, message: Message) -> None:
+    """file_citation annotations for markers that name results of the run's latest file search."""
+    results: list[dict[str, Any]] = []
+    for step in RunStep.objects.filter(run=run, type="tool_calls").order_by("-created_ns"):
+        searches = [c for c in step.step_details.get("tool_calls", []) if c.get("type") == "file_search"]
+        if searches:
+            results = searches[-1].get("file_search", {}).get("results") or []
+            break
+    if not results:
+        return
+    for part in message.content:
+        if part.get("type") == "text":
+            part["text"]["annotations"] = citations(part["text"]["value"], results)
