@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Any
 
-from django.core.asgi import get_asgi_application
+from clicky_chats.asgi_handler import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "clicky_chats.settings")
 
