@@ -164,7 +164,9 @@ def sse_post(server: ServerProcess, path: str, body: dict[str, Any]) -> list[tup
         data=orjson.dumps({**body, "stream": True}),
         headers={"Authorization": f"Bearer {ALICE_KEY}", "Content-Type": "application/json"},
         stream=True,
-        timeout=20,
+        # A server that kept the stream open after `done` would show here as a read timeout
+        # (its keep-alives come every 15 s); no scripted answer pauses this long.
+        timeout=(5, 5),
     )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/event-stream")

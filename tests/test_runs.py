@@ -7,6 +7,7 @@ test_runs_failures.py)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from typing import Any
 
@@ -398,6 +399,26 @@ def test_a_second_run_on_a_busy_thread_is_400(kit: RunKit) -> None:
     assert kit.runs.create_and_poll(
         thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL_MS
     ).status == ("completed")
+
+
+def test_two_runs_created_at_once_on_one_thread_one_wins_one_is_400(kit: RunKit) -> None:
+    assistant = kit.assistant()
+    thread = kit.thread("Race.")
+    kit.fake.script("chat/completions", Reply.stream(answer("Slow."), delay_s=0.5))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(
+                lambda _: api(kit.server, "POST", f"threads/{thread.id}/runs", {"assistant_id": assistant.id}), range(4)
+            )
+        )
+
+    assert sorted(response.status_code for response in answers) == [200, 400, 400, 400], [r.text for r in answers]
+    for response in answers:
+        if response.status_code == 400:
+            assert_envelope(response, 400)
+    (run,) = kit.runs.list(thread.id).data
+    assert kit.poll(run).status == "completed"
 
 
 def test_runs_on_another_projects_thread_are_404(kit: RunKit, bob: openai.OpenAI) -> None:

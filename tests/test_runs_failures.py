@@ -251,6 +251,20 @@ def test_one_500_then_success_completes(kit: RunKit) -> None:
     assert [m.content[0].text.value for m in kit.messages(thread.id) if m.role == "assistant"] == ["Second try."]
 
 
+def test_a_429_then_success_waits_as_told_and_completes(kit: RunKit) -> None:
+    assistant = kit.assistant()
+    thread = kit.thread("Hi.")
+    limited = Reply.error(429, "slow down", type="rate_limit_error", headers={"retry-after": "1"})
+    kit.fake.script("chat/completions", limited, Reply.stream(answer("Patience ", "paid.")))
+    started = time.monotonic()
+
+    run = kit.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL_MS)
+
+    assert run.status == "completed" and run.last_error is None
+    assert time.monotonic() - started >= 1.0  # retry-after is in seconds
+    assert model_calls(kit) == 2
+
+
 def test_a_400_from_the_model_fails_at_once(kit: RunKit) -> None:
     assistant = kit.assistant()
     thread = kit.thread("Hi.")

@@ -292,8 +292,8 @@ def test_a_thousand_token_answer_is_whole_and_stored_as_few_deltas(kit: RunKit) 
     assistant = kit.assistant()
     thread = kit.thread("Count.")
     tokens = [f"t{index} " for index in range(1000)]
-    # Paced over about 2 s, as a real model would send them, so coalescing has something to do.
-    kit.fake.script("chat/completions", Reply.stream(answer(*tokens), interval_s=0.002))
+    # Paced over a second or so, as a real model would send them, so coalescing has something to do.
+    kit.fake.script("chat/completions", Reply.stream(answer(*tokens), interval_s=0.001))
 
     events = sse_post(kit.server, f"threads/{thread.id}/runs", {"assistant_id": assistant.id})
 

@@ -4,6 +4,7 @@ are refused without touching the run."""
 
 from __future__ import annotations
 
+import concurrent.futures
 from typing import Any
 
 import openai
@@ -204,6 +205,31 @@ def test_tool_outputs_for_a_run_not_waiting_are_400(kit: RunKit) -> None:
         kit.runs.submit_tool_outputs(plain.id, thread_id=plain.thread_id, tool_outputs=[])
 
 
+def test_two_submissions_at_once_one_is_taken_one_is_400(kit: RunKit) -> None:
+    run = waiting_run(kit, ("call_race", "get_weather", ['{"city":"Graz"}']))
+    path = f"threads/{run.thread_id}/runs/{run.id}/submit_tool_outputs"
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        answers = list(
+            pool.map(
+                lambda n: api(
+                    kit.server, "POST", path, {"tool_outputs": [{"tool_call_id": "call_race", "output": f"v{n}"}]}
+                ),
+                range(3),
+            )
+        )
+
+    assert sorted(response.status_code for response in answers) == [200, 400, 400], [r.text for r in answers]
+    taken = next(response.json() for response in answers if response.status_code == 200)
+    assert taken["status"] == "queued" and taken["required_action"] is None
+    done = kit.poll(run)
+    assert done.status == "completed"
+    (tool_step,) = [s for s in kit.runs.steps.list(run.id, thread_id=run.thread_id).data if s.type == "tool_calls"]
+    (output,) = [call.function.output for call in tool_step.step_details.tool_calls]
+    assert output in ("v0", "v1", "v2")
+    assert kit.fake.last("chat/completions").json()["messages"][-1]["content"] == output
+
+
 def test_a_call_the_upstream_sent_without_an_id_gets_one(kit: RunKit) -> None:
     """Some OpenAI-compatible servers stream calls without ids; the run still needs one to match
     the outputs against."""
@@ -232,6 +258,49 @@ def test_a_call_the_upstream_sent_without_an_id_gets_one(kit: RunKit) -> None:
         "tool_call_id": call_id,
         "content": "sun",
     }
+
+
+def test_words_and_a_call_in_one_answer(kit: RunKit) -> None:
+    """Models often say something before calling a function; both are kept, and the model is
+    later shown them as the one assistant message they were."""
+    assistant = kit.assistant(tools=[WEATHER_TOOL])
+    thread = kit.thread("Weather?")
+    call = tool_call_answer(("call_w", "get_weather", ['{"city":"Gent"}']))
+    chunks = [call[0], chat_chunk("Let me "), chat_chunk("check."), *call[1:]]
+    kit.fake.script("chat/completions", Reply.stream(chunks), Reply.stream(answer("Mild.")))
+
+    run = kit.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL_MS)
+
+    assert pending_calls(run) == [("call_w", "get_weather", '{"city":"Gent"}')]
+    steps = kit.runs.steps.list(run.id, thread_id=thread.id, order="asc").data
+    assert [(step.type, step.status) for step in steps] == [
+        ("message_creation", "completed"),
+        ("tool_calls", "in_progress"),
+    ]
+    (said,) = [m for m in kit.messages(thread.id) if m.role == "assistant"]
+    assert said.status == "completed" and said.content[0].text.value == "Let me check."
+
+    done = kit.runs.submit_tool_outputs_and_poll(
+        run_id=run.id,
+        thread_id=thread.id,
+        tool_outputs=[{"tool_call_id": "call_w", "output": "12 C"}],
+        poll_interval_ms=POLL_MS,
+    )
+    assert done.status == "completed"
+    assert kit.fake.last("chat/completions").json()["messages"][-2:] == [
+        {
+            "role": "assistant",
+            "content": "Let me check.",
+            "tool_calls": [
+                {
+                    "id": "call_w",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Gent"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_w", "content": "12 C"},
+    ]
 
 
 def test_two_rounds_of_calls_in_one_run(kit: RunKit) -> None:
