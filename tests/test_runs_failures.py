@@ -278,28 +278,39 @@ def test_a_400_from_the_model_fails_at_once(kit: RunKit) -> None:
 
 
 @pytest.mark.parametrize(
-    "chunks",
+    ("chunks", "said"),
     [
-        [b"data: {this is not json\n\n"],
-        [chat_chunk("Half an ans", role="assistant"), b"data: [1, 2, 3]\n\n"],
-        [chat_chunk("Half", role="assistant"), {"error": {"message": "the model crashed", "type": "server_error"}}],
+        ([b"data: {this is not json\n\n"], None),
+        ([chat_chunk("Half an ans", role="assistant"), b"data: [1, 2, 3]\n\n"], "Half an ans"),
+        (
+            [chat_chunk("Half", role="assistant"), {"error": {"message": "the model crashed", "type": "server_error"}}],
+            "Half",
+        ),
     ],
     ids=["not-json", "not-an-object", "error-mid-stream"],
 )
-def test_a_garbage_stream_fails_the_run(kit: RunKit, chunks: list[Any]) -> None:
+def test_a_garbage_stream_fails_the_run(kit: RunKit, chunks: list[Any], said: str | None) -> None:
     assistant = kit.assistant()
     thread = kit.thread("Hi.")
-    kit.fake.script("chat/completions", Reply.stream(chunks))
+    # Paced, so what came before the garbage is written before the garbage arrives.
+    kit.fake.script("chat/completions", Reply.stream(chunks, interval_s=0.3))
 
     run = kit.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL_MS)
 
     assert run.status == "failed" and run.failed_at is not None
     assert run.last_error is not None and run.last_error.code == "server_error" and run.last_error.message
-    for message in kit.messages(thread.id):
-        if message.role == "assistant":  # whatever was written before the garbage is closed
-            assert message.status == "incomplete"
-            assert message.incomplete_details is not None and message.incomplete_details.reason == "run_failed"
-    assert all(step.status == "failed" for step in kit.runs.steps.list(run.id, thread_id=thread.id).data)
+    replies = [message for message in kit.messages(thread.id) if message.role == "assistant"]
+    steps = kit.runs.steps.list(run.id, thread_id=thread.id).data
+    if said is None:
+        assert replies == [] and steps == []
+        return
+    # What was written before the garbage stays, closed along with the run.
+    (reply,) = replies
+    assert reply.content[0].text.value == said and reply.status == "incomplete"
+    assert reply.incomplete_details is not None and reply.incomplete_details.reason == "run_failed"
+    (step,) = steps
+    assert step.status == "failed" and step.failed_at is not None
+    assert step.last_error is not None and step.last_error.model_dump() == run.last_error.model_dump()
 
 
 def test_a_failure_reaches_a_stream_as_run_failed_then_done(kit: RunKit) -> None:

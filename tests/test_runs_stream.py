@@ -333,6 +333,46 @@ def test_an_async_handler_streams_the_text(kit: RunKit) -> None:
     assert run.status == "completed"
 
 
+def test_an_async_tool_round_trip_over_two_streams(kit: RunKit) -> None:
+    assistant = kit.assistant(tools=[WEATHER_TOOL])
+    thread = kit.thread("Weather in Bonn?")
+    kit.fake.script(
+        "chat/completions",
+        Reply.stream(tool_call_answer(("call_as", "get_weather", ['{"city":', '"Bonn"}'])), interval_s=PACING_S / 2),
+        Reply.stream(answer("Grey ", "skies."), interval_s=PACING_S / 2),
+    )
+
+    class Handler(AsyncAssistantEventHandler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls_done: list[ToolCall] = []
+
+        async def on_tool_call_done(self, tool_call: ToolCall) -> None:
+            self.calls_done.append(tool_call)
+
+    async def main() -> tuple[Any, list[ToolCall], Any, str]:
+        async with make_async_client(kit.server) as client:
+            runs = client.beta.threads.runs
+            async with runs.stream(thread_id=thread.id, assistant_id=assistant.id, event_handler=Handler()) as first:
+                await first.until_done()
+            waiting = first.current_run
+            assert waiting is not None
+            async with runs.submit_tool_outputs_stream(
+                run_id=waiting.id,
+                thread_id=thread.id,
+                tool_outputs=[{"tool_call_id": "call_as", "output": "grey"}],
+                event_handler=Handler(),
+            ) as second:
+                text = "".join([piece async for piece in second.text_deltas])
+                return waiting, first.calls_done, await second.get_final_run(), text
+
+    waiting, calls, final, text = asyncio.run(main())
+    assert waiting.status == "requires_action"
+    assert [(call.id, call.function.arguments) for call in calls] == [("call_as", '{"city":"Bonn"}')]
+    assert final.status == "completed" and final.id == waiting.id
+    assert text == "Grey skies."
+
+
 def test_create_with_stream_true_yields_typed_events(kit: RunKit) -> None:
     assistant = kit.assistant()
     thread = kit.thread("Raw SDK stream.")
