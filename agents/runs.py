@@ -333,10 +333,7 @@ def run_submit_tool_outputs(project: str, thread_id: str, run_id: str, body: dic
             step.status, step.completed_at = "completed", now
             step.save(update_fields=["step_details", "status", "completed_at"])
             events.add("thread.run.step.completed", render.run_step(step, "rubra"))
-        run.status, run.required_action = "queued", None
-        run.save(update_fields=["status", "required_action"])
-        events.run_event("queued")
-        bus.publish(bus.QUEUE)
+        requeue(run, events)
     return run, start
 
 
@@ -371,10 +368,7 @@ def run_confirm(project: str, thread_id: str, run_id: str, body: dict[str, Any])
                     call["x-confirmation"] = decision["confirmation"]
             step.save(update_fields=["step_details"])
         start = run.next_event_index
-        run.status, run.required_action = "queued", None
-        run.save(update_fields=["status", "required_action"])
-        events.run_event("queued")
-        bus.publish(bus.QUEUE)
+        requeue(run, events)
     from api_rubrax.tool_events import record
 
     record(
@@ -387,6 +381,16 @@ def run_confirm(project: str, thread_id: str, run_id: str, body: dict[str, Any])
         },
     )
     return run, start
+
+
+def requeue(run: Run, events: Events) -> None:
+    """Queues a run again once the client has answered it. A fresh stretch of work, so the count
+    of claims that gives up on a run its agents keep dying on starts again: otherwise a run with
+    MAX_ATTEMPTS rounds of tool calls would fail as if interrupted."""
+    run.status, run.required_action, run.attempts = "queued", None, 0
+    run.save(update_fields=["status", "required_action", "attempts"])
+    events.run_event("queued")
+    bus.publish(bus.QUEUE)
 
 
 def run_cancel(project: str, thread_id: str, run_id: str) -> Run:
