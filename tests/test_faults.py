@@ -290,6 +290,30 @@ def test_an_agent_killed_after_requires_action_leaves_the_run_to_the_other(
     assert sent[-1] == {"role": "tool", "tool_call_id": "call_lookup_1", "content": "v1"}
 
 
+def test_many_rounds_of_tool_calls_are_not_counted_as_interruptions(
+    client: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
+    """Each submission of tool outputs queues the run for a fresh claim; only claims of the same
+    stretch of work (an agent died or let go of it) count towards giving up on the run."""
+    rounds = 5
+    fake_upstream.script(
+        "chat/completions",
+        *[tool_call_answer(f"call_round_{n}", f'{{"key": "k{n}"}}') for n in range(rounds)],
+        slow_answer("Done after five lookups.", pieces=2, interval_s=0.0),
+    )
+    assistant_id, thread_id = new_thread(client, tools=[LOOKUP_TOOL])
+    run = client.beta.threads.runs.create(thread_id, assistant_id=assistant_id)
+    for n in range(rounds):
+        run = wait_for_status(client, thread_id, run.id, "requires_action", *TERMINAL, within_s=TAKEOVER_S)
+        assert run.status == "requires_action", (n, run.last_error)
+        client.beta.threads.runs.submit_tool_outputs(
+            run.id, thread_id=thread_id, tool_outputs=[{"tool_call_id": f"call_round_{n}", "output": f"v{n}"}]
+        )
+    run = wait_for_status(client, thread_id, run.id, *TERMINAL, within_s=TAKEOVER_S)
+    assert run.status == "completed", run.last_error
+    assert_one_answer(client, thread_id, run.id, "Done after five lookups.")
+
+
 # --- 2. an agent paused past its lease ------------------------------------------------------------
 
 
