@@ -290,6 +290,32 @@ def test_an_agent_killed_after_requires_action_leaves_the_run_to_the_other(
     assert sent[-1] == {"role": "tool", "tool_call_id": "call_lookup_1", "content": "v1"}
 
 
+@postgres_only
+def test_a_run_cancelled_while_its_agent_lies_dead_ends_cancelled(
+    fault_server: ServerProcess, agents: list[AgentProcess], fault_client: openai.OpenAI, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.script("chat/completions", slow_answer("an answer cut short by a cancel", pieces=20, interval_s=0.3))
+    assistant_id, thread_id = new_thread(fault_client)
+    run = fault_client.beta.threads.runs.create(thread_id, assistant_id=assistant_id)
+    wait_for_partial_answer(fault_client, thread_id)
+    killed = holder(fault_server, run.id, agents)
+    assert killed is not None and killed.process is not None
+    killed.signal(signal.SIGKILL)
+    killed.process.wait(5)
+    # Its lease still runs, so the cancel waits for an agent: the survivor, once the lease is out.
+    assert fault_client.beta.threads.runs.cancel(run.id, thread_id=thread_id).status == "cancelling"
+    run = wait_for_status(fault_client, thread_id, run.id, *TERMINAL, within_s=TAKEOVER_S)
+    assert run.status == "cancelled" and run.cancelled_at is not None
+    answers = assistant_messages(fault_client, thread_id)
+    assert [(m.status, m.incomplete_details and m.incomplete_details.reason) for m in answers] == [
+        ("incomplete", "run_cancelled")
+    ]
+    steps = list(fault_client.beta.threads.runs.steps.list(run.id, thread_id=thread_id))
+    assert [(s.type, s.status) for s in steps] == [("message_creation", "cancelled")]
+    assert len([r for r in fake_upstream.requests if r.path == "chat/completions"]) == 1
+    assert run_events(fault_server, run.id)[-1][1] == "thread.run.cancelled"
+
+
 def test_many_rounds_of_tool_calls_are_not_counted_as_interruptions(
     client: openai.OpenAI, fake_upstream: FakeUpstream
 ) -> None:
