@@ -8,6 +8,7 @@ locked, so the stored event log always agrees with `runs.retrieve`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -46,7 +47,9 @@ class Events:
         self.pending: list[tuple[str, dict[str, Any]]] = []
 
     def add(self, event: str, data: dict[str, Any]) -> None:
-        self.pending.append((event, data))
+        # A copy: rendered objects share their lists with the model (a message's content), and a
+        # write later in the same transaction must not change what this event said it was.
+        self.pending.append((event, copy.deepcopy(data)))
 
     def run_event(self, status_event: str | None = None) -> None:
         self.add(f"thread.run.{status_event or self.run.status}", render.run(self.run, "rubra"))
