@@ -227,7 +227,11 @@ def record_server_output(
                 for key, value in record.items():
                     if key != "type":
                         call[key] = value
-                delta = {"index": index, "type": call["type"]}
+                kind = call["type"]  # "file_search" or "code_interpreter": the item keeps its payload there
+                payload = dict(call.get(kind) or {})
+                if kind == "code_interpreter":  # delta list items carry their index (the SDK merges by it)
+                    payload["outputs"] = [{"index": i, **out} for i, out in enumerate(payload.get("outputs", []))]
+                delta = {"index": index, "type": kind, kind: payload}
             else:
                 call["function"]["output"] = output
                 delta = {"index": index, "type": "function", "function": {"output": output}}
