@@ -10,7 +10,7 @@ from rest_framework import viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from api_v1 import render
+from api_v1 import dialect
 from api_v1 import threads as flows
 from api_v1.models import Assistant, Message, Thread
 from clicky_chats.errors import ApiError
@@ -46,45 +46,59 @@ class ProjectViewSet(viewsets.ViewSet):
     def tier(self, request: Request) -> str:
         return "rubra" if getattr(request, "api_tier", "v1") == "rubra" else "v1"
 
+    def version(self, request: Request) -> str:
+        """The Assistants dialect, "v1" or "v2" (api_v1/dialect.py)."""
+        return dialect.version_of(request)
+
 
 class AssistantViewSet(ProjectViewSet):
     def list(self, request: Request) -> Response:
-        tier = self.tier(request)
+        tier, version = self.tier(request), self.version(request)
         page = paginate(
             scoped(Assistant, self.project(request)),
             page_params(request.query_params),
-            lambda obj: render.assistant(obj, tier),
+            lambda obj: dialect.assistant(obj, tier, version),
         )
         return Response(page)
 
     def create(self, request: Request) -> Response:
-        created = flows.assistant_create(self.project(request), body_of(request), self.tier(request))
-        return Response(render.assistant(created, self.tier(request)))
+        tier, version = self.tier(request), self.version(request)
+        created = flows.assistant_create(self.project(request), body_of(request), tier, version)
+        return Response(dialect.assistant(created, tier, version))
 
     def retrieve(self, request: Request, pk: str) -> Response:
         found = get_scoped(Assistant, self.project(request), pk, noun="assistant")
-        return Response(render.assistant(found, self.tier(request)))
+        return Response(dialect.assistant(found, self.tier(request), self.version(request)))
 
     def update(self, request: Request, pk: str) -> Response:
-        updated = flows.assistant_update(self.project(request), pk, body_of(request), self.tier(request))
-        return Response(render.assistant(updated, self.tier(request)))
+        tier, version = self.tier(request), self.version(request)
+        updated = flows.assistant_update(self.project(request), pk, body_of(request), tier, version)
+        return Response(dialect.assistant(updated, tier, version))
 
     def destroy(self, request: Request, pk: str) -> Response:
-        found = get_scoped(Assistant, self.project(request), pk, noun="assistant")
-        found.delete()
+        flows.assistant_delete(self.project(request), pk)
         return Response({"id": pk, "object": "assistant.deleted", "deleted": True})
 
 
 class ThreadViewSet(ProjectViewSet):
     def create(self, request: Request) -> Response:
-        cleaned = flows.check_thread_body(body_of(request))
-        return Response(render.thread(flows.thread_create(self.project(request), cleaned)))
+        project, version = self.project(request), self.version(request)
+        body = body_of(request)
+        if version == dialect.V1:
+            body = dialect.v1_thread_body(project, body)
+        cleaned = flows.check_thread_body(body)
+        return Response(dialect.thread(flows.thread_create(project, cleaned), version))
 
     def retrieve(self, request: Request, pk: str) -> Response:
-        return Response(render.thread(get_scoped(Thread, self.project(request), pk, noun="thread")))
+        found = get_scoped(Thread, self.project(request), pk, noun="thread")
+        return Response(dialect.thread(found, self.version(request)))
 
     def update(self, request: Request, pk: str) -> Response:
-        return Response(render.thread(flows.thread_update(self.project(request), pk, body_of(request))))
+        version = self.version(request)
+        body = body_of(request)
+        if version == dialect.V1:
+            body.pop("tool_resources", None)
+        return Response(dialect.thread(flows.thread_update(self.project(request), pk, body), version))
 
     def destroy(self, request: Request, pk: str) -> Response:
         with transaction.atomic():
@@ -94,21 +108,30 @@ class ThreadViewSet(ProjectViewSet):
 
 class MessageViewSet(ProjectViewSet):
     def list(self, request: Request, thread_id: str) -> Response:
+        version = self.version(request)
         thread = get_scoped(Thread, self.project(request), thread_id, noun="thread")
         messages = Message.objects.filter(thread=thread)
         run_id = request.query_params.get("run_id")
         if run_id:
             messages = messages.filter(run_id=run_id)
-        return Response(paginate(messages, page_params(request.query_params), render.message))
+        return Response(
+            paginate(messages, page_params(request.query_params), lambda obj: dialect.message(obj, version))
+        )
 
     def create(self, request: Request, thread_id: str) -> Response:
-        return Response(render.message(flows.message_create(self.project(request), thread_id, body_of(request))))
+        project, version = self.project(request), self.version(request)
+        body = body_of(request)
+        if version == dialect.V1:
+            body = dialect.v1_message_body(project, body)
+        return Response(dialect.message(flows.message_create(project, thread_id, body), version))
 
     def retrieve(self, request: Request, thread_id: str, pk: str) -> Response:
-        return Response(render.message(flows.get_message(self.project(request), thread_id, pk)))
+        found = flows.get_message(self.project(request), thread_id, pk)
+        return Response(dialect.message(found, self.version(request)))
 
     def update(self, request: Request, thread_id: str, pk: str) -> Response:
-        return Response(render.message(flows.message_update(self.project(request), thread_id, pk, body_of(request))))
+        updated = flows.message_update(self.project(request), thread_id, pk, body_of(request))
+        return Response(dialect.message(updated, self.version(request)))
 
     def destroy(self, request: Request, thread_id: str, pk: str) -> Response:
         flows.get_message(self.project(request), thread_id, pk).delete()

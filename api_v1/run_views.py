@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHt
 
 from agents import bus
 from agents import runs as flows
-from api_v1 import render
+from api_v1 import dialect, render
 from api_v1.models import Run, RunEvent, RunStep
 from clicky_chats import validation as v
 from clicky_chats.pagination import page_params, paginate
@@ -59,10 +59,11 @@ def _run_exists(run_id: str) -> bool:
 
 
 async def run_event_stream(
-    run_id: str, start: int, tier: str, *, stop_at_pause: bool = True, replay: bool = False
+    run_id: str, start: int, tier: str, *, stop_at_pause: bool = True, version: str = "v2", replay: bool = False
 ) -> AsyncIterator[bytes]:
     """The run's stored events from `start` as SSE, live: it waits for the agent (in this process
-    or another) to write more, until the run pauses for the client or ends."""
+    or another) to write more, until the run pauses for the client or ends. `version` is the
+    Assistants dialect the client speaks."""
     bus.start_pg_listener()
     waiter = bus.Waiter(run_id)
     # Without LISTEN/NOTIFY (SQLite, agents in another process) new events are found by polling.
@@ -76,7 +77,10 @@ async def run_event_stream(
                 index = event_index + 1
                 visible = render.event_for_tier(event, data, tier)
                 if visible is not None:
-                    yield frame(visible, event)
+                    name = event
+                    if version == dialect.V1:
+                        name, visible = dialect.event_v1(event, visible)
+                    yield frame(visible, name)
                 if stop_at_pause and event in STREAM_ENDS:
                     # A replay goes past a pause the run has since moved on from.
                     moved_on = event in PAUSES and (
@@ -110,8 +114,8 @@ async def run_event_stream(
         waiter.close()
 
 
-def run_response(run: Run, tier: str) -> HttpResponse:
-    response = json_ok(render.run(run, tier))
+def run_response(run: Run, tier: str, version: str = "v2") -> HttpResponse:
+    response = json_ok(dialect.run(run, tier, version))
     if run.status in Run.ACTIVE:
         response["openai-poll-after-ms"] = str(POLL_AFTER_MS)
     return response
@@ -124,70 +128,77 @@ def sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
     return response
 
 
+def request_body(project: str, body: dict[str, Any], version: str) -> dict[str, Any]:
+    """A run request in the v2 form the run flows check (v1's tools and file_ids translated)."""
+    return dialect.v1_run_body(project, body) if version == dialect.V1 else body
+
+
 @api_endpoint("GET", "POST")
 async def runs(request: HttpRequest, thread_id: str) -> HttpResponseBase:
-    project, tier = request.project, tier_of(request)
+    project, tier, version = request.project, tier_of(request), dialect.version_of(request)
     if request.method == "GET":
         params = page_params(request.GET)
         page = await sync_to_async(
-            lambda: paginate(flows.scoped_runs(project, thread_id), params, lambda run: render.run(run, tier))
+            lambda: paginate(flows.scoped_runs(project, thread_id), params, lambda run: dialect.run(run, tier, version))
         )()
         return json_ok(page)
     body = v.read_json(request)
 
     def create() -> Run:
-        fields = flows.check_run_body(project, body)
+        fields = flows.check_run_body(project, request_body(project, body, version))
         return flows.run_create(project, thread_id, fields)
 
     run = await sync_to_async(create)()
     if body.get("stream") is True:
-        return sse_response(run_event_stream(run.id, 0, tier))
-    return run_response(run, tier)
+        return sse_response(run_event_stream(run.id, 0, tier, version=version))
+    return run_response(run, tier, version)
 
 
 @api_endpoint("POST")
 async def thread_and_run(request: HttpRequest) -> HttpResponseBase:
-    project, tier = request.project, tier_of(request)
+    project, tier, version = request.project, tier_of(request), dialect.version_of(request)
     body = v.read_json(request)
-    run = await sync_to_async(flows.thread_and_run_create)(project, body)
+    run = await sync_to_async(lambda: flows.thread_and_run_create(project, request_body(project, body, version)))()
     if body.get("stream") is True:
-        return sse_response(run_event_stream(run.id, 0, tier))
-    return run_response(run, tier)
+        return sse_response(run_event_stream(run.id, 0, tier, version=version))
+    return run_response(run, tier, version)
 
 
 @api_endpoint("GET", "POST")
 async def run_detail(request: HttpRequest, thread_id: str, run_id: str) -> HttpResponse:
-    project, tier = request.project, tier_of(request)
+    project, tier, version = request.project, tier_of(request), dialect.version_of(request)
     if request.method == "GET":
-        return run_response(await sync_to_async(flows.get_run)(project, thread_id, run_id), tier)
+        return run_response(await sync_to_async(flows.get_run)(project, thread_id, run_id), tier, version)
     body = v.read_json(request)
-    return run_response(await sync_to_async(flows.run_update)(project, thread_id, run_id, body), tier)
+    return run_response(await sync_to_async(flows.run_update)(project, thread_id, run_id, body), tier, version)
 
 
 @api_endpoint("POST")
 async def run_cancel(request: HttpRequest, thread_id: str, run_id: str) -> HttpResponse:
     run = await sync_to_async(flows.run_cancel)(request.project, thread_id, run_id)
-    return run_response(run, tier_of(request))
+    return run_response(run, tier_of(request), dialect.version_of(request))
 
 
 @api_endpoint("POST")
 async def run_submit_tool_outputs(request: HttpRequest, thread_id: str, run_id: str) -> HttpResponseBase:
-    tier = tier_of(request)
+    tier, version = tier_of(request), dialect.version_of(request)
     body = v.read_json(request)
     run, start = await sync_to_async(flows.run_submit_tool_outputs)(request.project, thread_id, run_id, body)
     if body.get("stream") is True:
-        return sse_response(run_event_stream(run.id, start, tier))
-    return run_response(run, tier)
+        return sse_response(run_event_stream(run.id, start, tier, version=version))
+    return run_response(run, tier, version)
 
 
 @api_endpoint("GET")
 async def run_steps(request: HttpRequest, thread_id: str, run_id: str) -> HttpResponse:
     project, tier, include = request.project, tier_of(request), include_of(request)
+    version = dialect.version_of(request)
     params = page_params(request.GET)
 
     def page() -> dict[str, Any]:
         run = flows.get_run(project, thread_id, run_id)
-        return paginate(RunStep.objects.filter(run=run), params, lambda step: render.run_step(step, tier, include))
+        steps = RunStep.objects.filter(run=run)
+        return paginate(steps, params, lambda step: dialect.run_step(step, tier, version, include))
 
     return json_ok(await sync_to_async(page)())
 
@@ -195,4 +206,4 @@ async def run_steps(request: HttpRequest, thread_id: str, run_id: str) -> HttpRe
 @api_endpoint("GET")
 async def run_step_detail(request: HttpRequest, thread_id: str, run_id: str, step_id: str) -> HttpResponse:
     step = await sync_to_async(flows.get_step)(request.project, thread_id, run_id, step_id)
-    return json_ok(render.run_step(step, tier_of(request), include_of(request)))
+    return json_ok(dialect.run_step(step, tier_of(request), dialect.version_of(request), include_of(request)))

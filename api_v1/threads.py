@@ -6,6 +6,7 @@ from typing import Any
 
 from django.db import transaction
 
+from api_v1 import dialect
 from api_v1 import tools as tool_rules
 from api_v1.models import Assistant, Message, Run, Thread
 from clicky_chats import validation as v
@@ -41,44 +42,93 @@ ASSISTANT_FIELDS = (
 )
 
 
-def _assistant_extras(body: dict[str, Any], tier: str) -> dict[str, Any]:
+def _assistant_extras(
+    project: str, body: dict[str, Any], tier: str, version: str, gptscript_before: list[str] | None
+) -> dict[str, Any]:
     fields: dict[str, Any] = {}
+    # The Rubra UI's gptscript tools: a list of their own on /v1/rubra (the UI before April 2024),
+    # items among the tools in the v1 dialect (the UI after it).
+    named: list[str] = []
     if "tools" in body:
-        fields["tools"] = tool_rules.check_tools(body["tools"] if body["tools"] is not None else [])
+        tools = body["tools"] if body["tools"] is not None else []
+        checked = tool_rules.check_tools(tools, version=version, gptscript=tier == "rubra" or version == dialect.V1)
+        dialect.check_gptscript_items(project, checked, kept=gptscript_before or [])
+        fields["tools"], named = dialect.canonical_tools(checked)
     if "tool_resources" in body:
         fields["tool_resources"] = tool_rules.check_tool_resources(body["tool_resources"])
     if "response_format" in body:
         fields["response_format"] = (
             None if body["response_format"] is None else tool_rules.check_response_format(body["response_format"])
         )
-    if tier == "rubra" and "gptscript_tools" in body:
+    listed = body.get("gptscript_tools") if tier == "rubra" else None
+    if listed is not None:
         v.check(body, {"gptscript_tools": v.array(max_items=128, items=v.string(nonempty=True))})
-        fields["gptscript_tools"] = body["gptscript_tools"]
+        dialect.check_gptscript_tools(project, listed, "gptscript_tools", kept=gptscript_before or [])
+    if listed is not None or (tier == "rubra" and named):
+        base = listed if listed is not None else (gptscript_before or [])
+        fields["gptscript_tools"] = list(dict.fromkeys([*base, *named]))
+    elif tier != "rubra" and version == dialect.V1 and "tools" in body:
+        fields["gptscript_tools"] = named  # here the tools are the whole list, gptscript items included
     return fields
 
 
-def assistant_create(project: str, body: dict[str, Any], tier: str = "v1") -> Assistant:
+def _v1_body(body: dict[str, Any], version: str) -> tuple[dict[str, Any], list[str] | None]:
+    """The body without what v1 does not have, and its file_ids (None when not given)."""
+    if version != dialect.V1:
+        return body, None
+    kept = {name: value for name, value in body.items() if name not in dialect.ASSISTANT_V2_ONLY}
+    if body.get("file_ids") is None:
+        return kept, None
+    return kept, dialect.check_file_ids(body["file_ids"], "file_ids", dialect.MAX_ASSISTANT_FILES)
+
+
+def assistant_create(project: str, body: dict[str, Any], tier: str = "v1", version: str = "v2") -> Assistant:
+    """`tier` is the path's ("v1" or "rubra"), `version` the Assistants dialect ("v1" or "v2")."""
+    body, file_ids = _v1_body(body, version)
     v.check(body, ASSISTANT_RULES, required=("model",))
     fields = {name: body[name] for name in ASSISTANT_FIELDS if body.get(name) is not None}
-    fields.update(_assistant_extras(body, tier))
+    fields.update(_assistant_extras(project, body, tier, version, None))
     if fields.get("response_format") == "auto":
         fields["response_format"] = None
-    return Assistant.objects.create(
-        id=new_id("asst_"), project=project, created_at=now_seconds(), created_ns=now_ns(), **fields
-    )
+    with transaction.atomic():
+        created = Assistant.objects.create(
+            id=new_id("asst_"), project=project, created_at=now_seconds(), created_ns=now_ns(), **fields
+        )
+        if file_ids is not None:
+            dialect.set_assistant_files(project, created, file_ids)
+            created.save()
+    return created
 
 
-def assistant_update(project: str, assistant_id: str, body: dict[str, Any], tier: str = "v1") -> Assistant:
+def assistant_update(
+    project: str, assistant_id: str, body: dict[str, Any], tier: str = "v1", version: str = "v2"
+) -> Assistant:
+    body, file_ids = _v1_body(body, version)
     v.check(body, ASSISTANT_RULES)
     with transaction.atomic():
         found = get_scoped(Assistant, project, assistant_id, noun="assistant")
+        store_before = dialect.hidden_store_id(found)
         for name in ASSISTANT_FIELDS:
             if name in body and (body[name] is not None or name not in ("model", "metadata")):
                 setattr(found, name, body[name])
-        for name, value in _assistant_extras(body, tier).items():
+        for name, value in _assistant_extras(project, body, tier, version, found.gptscript_tools).items():
             setattr(found, name, None if value == "auto" else value)
+        if file_ids is not None:
+            dialect.set_assistant_files(project, found, file_ids)
+        else:
+            dialect.forget_unreferenced_store(store_before, found)
         found.save()
     return found
+
+
+def assistant_delete(project: str, assistant_id: str) -> None:
+    """Deletes the assistant and its v1 files' hidden store (the Files themselves stay)."""
+    with transaction.atomic():
+        found = get_scoped(Assistant, project, assistant_id, noun="assistant")
+        store_id = dialect.hidden_store_id(found)
+        if store_id is not None:
+            dialect.drop_store(store_id)
+        found.delete()
 
 
 # --- messages ----------------------------------------------------------------------------------

@@ -14,10 +14,21 @@ FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_ASSISTANT_TOOLS = 128
 MAX_RUN_TOOLS = 20  # the spec: a run may override its assistant's tools with at most 20
 TOOL_TYPES = ("code_interpreter", "file_search", "function")
+V1_TOOL_TYPES = ("code_interpreter", "retrieval", "function")
 RANKERS = ("auto", "default_2024_08_21")
 
 
-def check_tools(tools: Any, param: str = "tools", *, max_items: int = MAX_ASSISTANT_TOOLS) -> list[dict[str, Any]]:
+def check_tools(
+    tools: Any,
+    param: str = "tools",
+    *,
+    max_items: int = MAX_ASSISTANT_TOOLS,
+    version: str = "v2",
+    gptscript: bool = False,
+) -> list[dict[str, Any]]:
+    """Checks tools as sent. `version` is the Assistants dialect: v1 knows `retrieval` where v2
+    has `file_search`. With `gptscript`, `{type: "gptscript", "x-tool": id}` items (the Rubra UI's
+    x-tools and builtins) pass too; api_v1/dialect.py turns both into what is stored."""
     if not isinstance(tools, list):
         raise v.invalid(param, "expected an array of tools.", "invalid_type")
     if len(tools) > max_items:
@@ -28,8 +39,25 @@ def check_tools(tools: Any, param: str = "tools", *, max_items: int = MAX_ASSIST
         if not isinstance(tool, dict):
             raise v.invalid(where, "expected a tool object.", "invalid_type")
         kind = tool.get("type")
-        if kind not in TOOL_TYPES:
-            raise v.invalid(f"{where}.type", f"'{kind}' is not one of {', '.join(repr(t) for t in TOOL_TYPES)}.")
+        if kind == "gptscript" and gptscript:
+            if not isinstance(tool.get("x-tool"), str) or not tool["x-tool"]:
+                raise v.invalid(f"{where}.x-tool", "expected the id of an x-tool or the name of a builtin tool.")
+            continue
+        if kind == "retrieval" and version != "v1":
+            raise v.invalid(
+                f"{where}.type",
+                "'retrieval' is the Assistants v1 tool: in v2 use 'file_search' (with "
+                "tool_resources.file_search), or send the header 'OpenAI-Beta: assistants=v1'.",
+            )
+        if kind == "file_search" and version == "v1":
+            raise v.invalid(
+                f"{where}.type",
+                "'file_search' is the Assistants v2 tool: in v1 use 'retrieval' (with file_ids), or send the "
+                "header 'OpenAI-Beta: assistants=v2'.",
+            )
+        allowed = V1_TOOL_TYPES if version == "v1" else TOOL_TYPES
+        if kind not in allowed:
+            raise v.invalid(f"{where}.type", f"'{kind}' is not one of {', '.join(repr(t) for t in allowed)}.")
         if kind == "function":
             name = _check_function(tool.get("function"), f"{where}.function")
             if name in names:
