@@ -221,7 +221,12 @@ def load() -> Config:
         run_expiry_s=env_int("CLICKY_CHATS_RUN_EXPIRY_S", 600, minimum=1),
         max_file_bytes=env_int("CLICKY_CHATS_MAX_FILE_BYTES", 512 * 1024 * 1024, minimum=1),
         embedding_model=env_str("CLICKY_CHATS_EMBEDDING_MODEL", "text-embedding-3-small"),
-        knowledge_retrieval_api_url=env_str("CLICKY_CHATS_KNOWLEDGE_RETRIEVAL_API_URL", "").rstrip("/"),
+        # Optional; the Go clicky-chats also took a gptscript tool reference here, which we do not run.
+        knowledge_retrieval_api_url=(
+            env_url("CLICKY_CHATS_KNOWLEDGE_RETRIEVAL_API_URL", "")
+            if env_str("CLICKY_CHATS_KNOWLEDGE_RETRIEVAL_API_URL", "")
+            else ""
+        ),
         search_backend=parse_search_backend(env_str("CLICKY_CHATS_SEARCH_BACKEND", "numpy"), dsn),
         search_cache_mb=env_int("CLICKY_CHATS_SEARCH_CACHE_MB", 1024, minimum=0),
         default_assistants_version=parse_assistants_version(env_str("CLICKY_CHATS_DEFAULT_ASSISTANTS_VERSION", "v2")),
