@@ -723,3 +723,11 @@ def test_the_knowledge_retrieval_api_ingests_and_searches_in_search_stores_shape
     )
     assert refused[0][0] is None and "cannot be reached" in refused[0][1]
     assert refused[1][0] == 404 and "no-such-dataset" in refused[1][1]
+
+
+def test_a_knowledge_retrieval_api_url_must_be_http(database: Database, fake_upstream: FakeUpstream) -> None:
+    # The Go clicky-chats also took a gptscript tool reference here; we run none, so start-up says so.
+    proc = ServerProcess(database, fake_upstream.base_url, env={"CLICKY_CHATS_KNOWLEDGE_RETRIEVAL_API_URL": "kra.gpt"})
+    refused = proc.manage("check", check=False)
+    assert refused.returncode != 0
+    assert "CLICKY_CHATS_KNOWLEDGE_RETRIEVAL_API_URL must be an http:// or https:// URL" in refused.stderr
