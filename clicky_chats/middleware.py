@@ -32,11 +32,16 @@ PUBLIC_PATHS = ("/v1/openapi.yaml", "/v1/docs")
 FILE_UPLOAD_PATH = re.compile(r"^/v1/(?:rubra/)?(?:files|uploads/[^/]+/parts)$")
 
 
+MULTIPART_HEADROOM = 64 * 1024
+
+
 def body_limit(path: str) -> tuple[int, str]:
     """The most bytes a request body to `path` may have, and the variable that sets it."""
     config = settings.CONFIG
     if FILE_UPLOAD_PATH.match(path) and config.max_file_bytes > config.max_request_bytes:
-        return config.max_file_bytes, "CLICKY_CHATS_MAX_FILE_BYTES"
+        # Room for the multipart framing around a file of exactly the limit; the file's own size
+        # is held to the limit by the upload handler (api_v1/files.py).
+        return config.max_file_bytes + MULTIPART_HEADROOM, "CLICKY_CHATS_MAX_FILE_BYTES"
     return config.max_request_bytes, "CLICKY_CHATS_MAX_REQUEST_BYTES"
 
 

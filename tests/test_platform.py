@@ -378,20 +378,40 @@ def test_chunked_body_is_cut_off_at_the_limit(small_limit_server: ServerProcess)
     assert_healthy(small_limit_server)
 
 
-@pytest.mark.parametrize("path", ["/v1/files", "/v1/rubra/files", "/v1/uploads/upload_abc/parts"])
-def test_file_uploads_have_the_file_size_limit(small_limit_server: ServerProcess, path: str) -> None:
+@pytest.mark.parametrize("target", ["files", "rubra files", "upload parts"])
+def test_file_uploads_have_the_file_size_limit(small_limit_server: ServerProcess, target: str) -> None:
+    path, field = {"files": ("/v1/files", "file"), "rubra files": ("/v1/rubra/files", "file")}.get(target, ("", "data"))
+    if target == "upload parts":
+        made = requests.post(
+            small_limit_server.url + "/v1/uploads",
+            headers=auth(),
+            json={
+                "filename": "notes.txt",
+                "purpose": "assistants",
+                "bytes": SMALL_FILE_LIMIT,
+                "mime_type": "text/plain",
+            },
+            timeout=10,
+        )
+        assert made.status_code == 200, made.text
+        path = f"/v1/uploads/{made.json()['id']}/parts"
+
     def upload(size: int) -> requests.Response:
         return requests.post(
             small_limit_server.url + path,
             headers=auth(),
-            files={"file": ("notes.txt", b"n" * size, "text/plain")},
+            files={field: ("notes.txt", b"n" * size, "text/plain")},
             data={"purpose": "assistants"},
             timeout=10,
         )
 
     # Over the request limit but within the file limit: past the body limit, to the endpoint.
-    assert upload(SMALL_LIMIT * 2).status_code != 413
-    too_big = upload(SMALL_FILE_LIMIT)
+    assert upload(SMALL_LIMIT * 2).status_code == 200
+    # A file of exactly the limit fits, multipart framing and all; one byte more does not.
+    assert upload(SMALL_FILE_LIMIT).status_code == 200
+    assert_envelope(upload(SMALL_FILE_LIMIT + 1), 413, code="file_too_large")
+    # A body far past the limit is refused before it is read.
+    too_big = upload(SMALL_FILE_LIMIT + 128 * 1024)
     error = assert_envelope(too_big, 413, code="request_too_large")
     assert "CLICKY_CHATS_MAX_FILE_BYTES" in str(error["message"])
 
