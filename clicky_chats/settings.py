@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "clicky_chats",
     "api_v1",
     "api_rubra",
@@ -83,8 +84,6 @@ STORAGES = {
     },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
-# Uploads above this are spooled to a temporary file, never held whole in memory.
-FILE_UPLOAD_TEMP_DIR = None
 
 STATIC_URL = "static/"
 STATIC_ROOT = CONFIG.data_dir / "static"
@@ -104,6 +103,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "A self-hosted OpenAI-compatible server.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from our own static files (drf-spectacular-sidecar), not a CDN: /v1/docs works
+    # on a machine with no internet.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "clicky_chats.schema.add_proxy_endpoints",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -519,6 +520,11 @@ def test_docs_page(server: ServerProcess) -> None:
     assert response.headers["Content-Type"].startswith("text/html")
     assert "swagger" in response.text.lower()
     assert "/v1/openapi.yaml" in response.text
+    # Swagger UI's own files come from this server, so the page works with no internet.
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', response.text)
+    assert assets and all(asset.startswith("/static/") for asset in assets), assets
+    for asset in assets:
+        assert requests.get(server.url + asset, timeout=10).status_code == 200, asset
 
 
 def test_admin_login_page(server: ServerProcess) -> None:
