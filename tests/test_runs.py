@@ -108,7 +108,7 @@ def test_create_and_poll_async(kit: RunKit) -> None:
 def test_runs_on_several_threads_at_once_each_get_their_answer(kit: RunKit) -> None:
     assistant = kit.assistant()
     threads = [kit.thread(f"Question {index}.") for index in range(4)]
-    kit.fake.script("chat/completions", *[Reply.stream(answer("Answer."), delay_s=0.6) for _ in threads])
+    kit.fake.script("chat/completions", *[Reply.stream(answer("Answer."), delay_s=1.0) for _ in threads])
 
     async def main() -> list[Any]:
         async with make_async_client(kit.server) as client:
@@ -123,8 +123,9 @@ def test_runs_on_several_threads_at_once_each_get_their_answer(kit: RunKit) -> N
 
     started = time.monotonic()
     runs = asyncio.run(main())
-    # Four slow answers side by side: one after another they would take 2.4 s and more.
-    assert time.monotonic() - started < 2.0
+    # Four slow answers side by side: one after another they would take over 4 s. (The margin is
+    # for a loaded machine, where the agent's one database thread serialises the runs' writes.)
+    assert time.monotonic() - started < 3.0
     assert [run.status for run in runs] == ["completed"] * 4
     for thread in threads:
         assert [m.role for m in kit.messages(thread.id)] == ["user", "assistant"]
