@@ -37,7 +37,6 @@ def toolbox_inputs(run: Run) -> dict[str, Any]:
     store_ids: list[str] = []
     for resources in ((assistant.tool_resources if assistant else None), run.thread.tool_resources):
         store_ids += ((resources or {}).get("file_search") or {}).get("vector_store_ids") or []
-    store_ids += _hidden_store_ids(assistant)
     xtool_ids = [name for name in dict.fromkeys(named) if name not in BUILTIN_NAMES]
     xtools = [
         {
@@ -64,19 +63,6 @@ def toolbox_inputs(run: Run) -> dict[str, Any]:
         "xtools": xtools,
         "confirm_default": env_bool("CLICKY_CHATS_CONFIRM", False),
     }
-
-
-def _hidden_store_ids(assistant: Assistant | None) -> list[str]:
-    """The Assistants v1 dialect keeps an assistant's `file_ids` in a hidden store of its own."""
-    if assistant is None:
-        return []
-    from api_v1.models import VectorStore
-
-    return list(
-        VectorStore.objects.filter(
-            project=assistant.project, hidden=True, metadata__assistant_id=assistant.id
-        ).values_list("id", flat=True)
-    )
 
 
 def pending_step(run: Run) -> str | None:

@@ -91,6 +91,8 @@ def assistant_create(project: str, body: dict[str, Any], tier: str = "v1", versi
     if fields.get("response_format") == "auto":
         fields["response_format"] = None
     with transaction.atomic():
+        if fields.get("tool_resources"):
+            fields["tool_resources"] = inline_stores(project, fields["tool_resources"], "tool_resources")
         created = Assistant.objects.create(
             id=new_id("asst_"), project=project, created_at=now_seconds(), created_ns=now_ns(), **fields
         )
@@ -113,6 +115,8 @@ def assistant_update(
                 setattr(found, name, body[name])
         for name, value in _assistant_extras(project, body, tier, version, found.gptscript_tools).items():
             setattr(found, name, None if value == "auto" else value)
+        if "tool_resources" in body and found.tool_resources:
+            found.tool_resources = inline_stores(project, found.tool_resources, "tool_resources")
         if file_ids is not None:
             dialect.set_assistant_files(project, found, file_ids)
         else:
@@ -234,12 +238,57 @@ def check_new_message(body: Any, param: str = "") -> dict[str, Any]:
 
 
 def new_message(project: str, thread: Thread, fields: dict[str, Any], **extra: Any) -> Message:
+    """Stores a message; its attachments for file_search go into the thread's vector store."""
     now = now_seconds()
     defaults: dict[str, Any] = {"status": "completed", "completed_at": now}
     defaults.update(extra)
-    return Message.objects.create(
+    created = Message.objects.create(
         id=new_id("msg_"), project=project, thread=thread, created_at=now, created_ns=now_ns(), **fields, **defaults
     )
+    _attach_to_thread_store(project, thread, fields.get("attachments"))
+    return created
+
+
+def _attach_to_thread_store(project: str, thread: Thread, attachments: list[dict[str, Any]] | None) -> None:
+    """Files attached for file_search create the thread's vector store, or join it, as OpenAI's do."""
+    from api_v1 import vector_stores
+    from api_v1.models import VectorStore
+
+    file_ids = [
+        item["file_id"]
+        for item in attachments or []
+        if any(tool.get("type") == "file_search" for tool in item.get("tools") or [])
+    ]
+    if not file_ids:
+        return
+    search = (thread.tool_resources or {}).get("file_search") or {}
+    known = search.get("vector_store_ids") or []
+    store = VectorStore.objects.filter(project=project, pk=known[0]).first() if known else None
+    if store is None:
+        store = vector_stores.store_create(project, {"name": f"Files attached to {thread.id}"})
+        thread.tool_resources = {**(thread.tool_resources or {}), "file_search": {"vector_store_ids": [store.id]}}
+        thread.save(update_fields=["tool_resources"])
+    vector_stores.attach_file_ids(project, store, file_ids, "attachments")
+
+
+def inline_stores(project: str, resources: dict[str, Any], param: str) -> dict[str, Any]:
+    """`file_search.vector_stores: [{file_ids, chunking_strategy, metadata}]` makes real stores,
+    named by id from then on, as OpenAI's create helper does."""
+    from api_v1 import vector_stores
+
+    search = resources.get("file_search") or {}
+    specs = search.get("vector_stores")
+    if not specs:
+        return resources
+    ids = list(search.get("vector_store_ids") or [])
+    for index, spec in enumerate(specs):
+        body = {key: spec[key] for key in ("file_ids", "chunking_strategy", "metadata") if spec.get(key) is not None}
+        try:
+            ids.append(vector_stores.store_create(project, body).id)
+        except ApiError as exc:
+            exc.param = f"{param}.file_search.vector_stores[{index}].{exc.param}" if exc.param else exc.param
+            raise
+    return {**resources, "file_search": {"vector_store_ids": ids}}
 
 
 def active_run(thread: Thread) -> Run | None:
@@ -302,12 +351,13 @@ def check_thread_body(body: dict[str, Any], param: str = "") -> dict[str, Any]:
 def thread_create(project: str, cleaned: dict[str, Any]) -> Thread:
     """Creates the thread and its messages in one transaction: all of it or nothing."""
     with transaction.atomic():
+        resources = cleaned["tool_resources"]
         thread = Thread.objects.create(
             id=new_id("thread_"),
             project=project,
             created_at=now_seconds(),
             created_ns=now_ns(),
-            tool_resources=cleaned["tool_resources"],
+            tool_resources=inline_stores(project, resources, "tool_resources") if resources else resources,
             metadata=cleaned["metadata"],
         )
         for fields in cleaned["messages"]:
@@ -320,7 +370,8 @@ def thread_update(project: str, thread_id: str, body: dict[str, Any]) -> Thread:
     with transaction.atomic():
         found = get_scoped(Thread, project, thread_id, noun="thread")
         if "tool_resources" in body:
-            found.tool_resources = tool_rules.check_tool_resources(body["tool_resources"])
+            resources = tool_rules.check_tool_resources(body["tool_resources"])
+            found.tool_resources = inline_stores(project, resources, "tool_resources") if resources else resources
         if body.get("metadata") is not None:
             found.metadata = body["metadata"]
         found.save()

@@ -395,6 +395,12 @@ def _attach(project: str, store: VectorStore, files: list[FileToAttach], batch: 
         bus.publish(bus.QUEUE)  # wake an agent to ingest
 
 
+def attach_file_ids(project: str, store: VectorStore, file_ids: list[str], param: str) -> None:
+    """Queues files (by id, default chunking) into a store; `param` names them in errors."""
+    default = check_chunking_strategy(None)
+    _attach(project, store, [FileToAttach(fid, f"{param}[{i}]", default, None) for i, fid in enumerate(file_ids)], None)
+
+
 def store_file_create(project: str, store_id: str, body: dict[str, Any]) -> VectorStoreFile:
     v.check(body, {"file_id": v.string(nonempty=True)}, required=("file_id",))
     item = FileToAttach(

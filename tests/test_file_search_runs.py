@@ -130,3 +130,68 @@ def test_a_run_without_stores_gets_an_empty_search(kit: RunKit) -> None:
     assert run.status == "completed", run.last_error
     tool_message = next(m for m in kit.fake.last("chat/completions").json()["messages"] if m["role"] == "tool")
     assert tool_message["content"] == "No results were found in the files."
+
+
+def test_attachments_for_file_search_fill_the_threads_store(kit: RunKit, client: openai.OpenAI) -> None:
+    garden = upload(client, "garden.txt", GARDEN.encode())
+    thread = kit.track(
+        client.beta.threads.create(
+            messages=[
+                {
+                    "role": "user",
+                    "content": "How should I water these?",
+                    "attachments": [{"file_id": garden, "tools": [{"type": "file_search"}]}],
+                }
+            ]
+        )
+    )
+    store_ids = thread.tool_resources.file_search.vector_store_ids  # type: ignore[union-attr]
+    assert store_ids and len(store_ids) == 1
+    wait_ingested(client, store_ids[0])
+    cooking = upload(client, "bread.txt", COOKING.encode())
+    client.beta.threads.messages.create(
+        thread.id,
+        role="user",
+        content="and bread?",
+        attachments=[{"file_id": cooking, "tools": [{"type": "file_search"}]}],
+    )
+    assert client.beta.threads.retrieve(thread.id).tool_resources.file_search.vector_store_ids == store_ids  # type: ignore[union-attr]
+    store = wait_ingested(client, store_ids[0])
+    assert store.file_counts.completed == 2
+    assistant = kit.assistant(tools=[{"type": "file_search"}])
+    script_search_then_answer(kit, "water tomato plants", "Twice a week.")
+
+    run = kit.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=50)
+
+    assert run.status == "completed", run.last_error
+    step = next(iter(kit.runs.steps.list(run.id, thread_id=thread.id, order="asc")))
+    assert step.step_details.tool_calls[0].file_search.results[0].file_id == garden  # type: ignore[union-attr]
+
+
+def test_inline_vector_stores_become_real_stores(client: openai.OpenAI) -> None:
+    garden = upload(client, "garden.txt", GARDEN.encode())
+    assistant = client.beta.assistants.create(
+        model="fake-model",
+        tools=[{"type": "file_search"}],
+        tool_resources={"file_search": {"vector_stores": [{"file_ids": [garden], "metadata": {"made": "inline"}}]}},
+    )
+    [store_id] = assistant.tool_resources.file_search.vector_store_ids  # type: ignore[union-attr]
+    store = wait_ingested(client, store_id)
+    assert store.metadata == {"made": "inline"} and store.file_counts.completed == 1
+
+
+def test_an_attachment_of_a_missing_file_stores_nothing(client: openai.OpenAI) -> None:
+    gone = upload(client, "gone.txt", b"soon gone")
+    client.files.delete(gone)
+    before = len(list(client.vector_stores.list(limit=100)))
+    with pytest.raises(openai.NotFoundError):
+        client.beta.threads.create(
+            messages=[
+                {
+                    "role": "user",
+                    "content": "hi",
+                    "attachments": [{"file_id": gone, "tools": [{"type": "file_search"}]}],
+                }
+            ]
+        )
+    assert len(list(client.vector_stores.list(limit=100))) == before
