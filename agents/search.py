@@ -24,6 +24,7 @@ import base64
 import logging
 import re
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class Candidate:
     chunk_id: int
     store_file_id: int
     similarity: float  # cosine similarity of the chunk and the closest query, -1..1
+    text: str | None = None  # when the backend read it along the way (saves a query)
 
 
 class Backend(Protocol):
@@ -453,6 +455,8 @@ class PgvectorBackend:
         self._tables: set[int] = set()
         self._synced: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
+        # hnsw.ef_search as last set on each connection.
+        self._ef_search: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
     def _raw(self) -> Any:
         """The psycopg connection under Django's, with the vector type adapted (numpy <-> vector)."""
@@ -501,11 +505,25 @@ class PgvectorBackend:
     def _insert(self, table: str, rows: list[tuple[int, str, int, np.ndarray]]) -> None:
         if not rows:
             return
-        with self._raw().cursor() as cursor:
-            cursor.executemany(
-                f"INSERT INTO {table} (chunk_id, vector_store_id, store_file_id, embedding)"
-                " VALUES (%s, %s, %s, %b) ON CONFLICT (chunk_id) DO NOTHING",
-                rows,
+        columns = "chunk_id, vector_store_id, store_file_id, embedding"
+        raw = self._raw()
+        if len(rows) < 256:  # an ingestion batch
+            with raw.cursor() as cursor:
+                cursor.executemany(
+                    f"INSERT INTO {table} ({columns}) VALUES (%s, %s, %s, %b) ON CONFLICT (chunk_id) DO NOTHING", rows
+                )
+            return
+        # A back-fill: COPY (binary) is many times faster than INSERTs, but knows no ON CONFLICT,
+        # and another process may be back-filling the same rows; so COPY into a scratch table first.
+        with transaction.atomic(), raw.cursor() as cursor:
+            cursor.execute(f"CREATE TEMPORARY TABLE clicky_vectors_load (LIKE {table}) ON COMMIT DROP")
+            with cursor.copy(f"COPY clicky_vectors_load ({columns}) FROM STDIN WITH (FORMAT BINARY)") as copy:
+                copy.set_types(["int8", "varchar", "int8", "vector"])
+                for row in rows:
+                    copy.write_row(row)
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT {columns} FROM clicky_vectors_load"
+                " ON CONFLICT (chunk_id) DO NOTHING"
             )
 
     def index(self, chunks: Sequence[Chunk]) -> None:
@@ -529,9 +547,9 @@ class PgvectorBackend:
             .values_list("id", "store_file_id", "embedding")
         )
         batch: list[tuple[int, str, int, np.ndarray]] = []
-        for chunk_id, store_file_id, embedding in missing.iterator(chunk_size=1000):
+        for chunk_id, store_file_id, embedding in missing.iterator(chunk_size=2000):
             batch.append((chunk_id, store_id, store_file_id, np.frombuffer(bytes(embedding), dtype="<f4")))
-            if len(batch) >= 1000:
+            if len(batch) >= 5000:
                 self._insert(table, batch)
                 batch = []
         self._insert(table, batch)
@@ -556,29 +574,40 @@ class PgvectorBackend:
         where = "vector_store_id = ANY(%s) AND store_file_id = ANY(%s)"
         params = [list(files_by_store), searched]
         best: dict[int, Candidate] = {}
-        with transaction.atomic(), self._raw().cursor() as cursor:
-            # The HNSW scan yields ef_search candidates before the WHERE filters them: ask for enough.
-            cursor.execute(f"SET LOCAL hnsw.ef_search = {max(40, min(1000, limit * 4))}")
+        raw = self._raw()
+        # The HNSW scan yields ef_search candidates before the WHERE filters them: ask for enough.
+        # Set per connection, not per query: every statement is a round trip.
+        ef_search = max(40, min(1000, limit * 4))
+        with raw.cursor() as cursor:
+            if connection.in_atomic_block:  # a rollback would undo a session SET unseen
+                cursor.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
+            elif self._ef_search.get(raw) != ef_search:
+                cursor.execute(f"SET hnsw.ef_search = {int(ef_search)}")
+                self._ef_search[raw] = ef_search
             for query in queries:
                 cursor.execute(
-                    f"SELECT chunk_id, store_file_id, embedding <=> %b FROM {table} WHERE {where}"
-                    " ORDER BY embedding <=> %b LIMIT %s",
+                    "SELECT n.chunk_id, n.store_file_id, n.distance, c.text FROM"
+                    f" (SELECT chunk_id, store_file_id, embedding <=> %b AS distance FROM {table}"
+                    f"  WHERE {where} ORDER BY embedding <=> %b LIMIT %s) n"
+                    " JOIN api_v1_chunk c ON c.id = n.chunk_id",
                     [query, *params, query, limit],
                 )
                 rows = cursor.fetchall()
                 if len(rows) < limit:
                     # The approximate scan came up short (a small store among many, or strict
-                    # filters); the exact scan over this store's rows is then the answer.
+                    # filters); the exact scan over these files' rows is then the answer.
                     cursor.execute(
-                        f"SELECT chunk_id, store_file_id, (embedding <=> %b) + 0 AS distance FROM {table}"
-                        f" WHERE {where} ORDER BY distance LIMIT %s",
+                        "SELECT n.chunk_id, n.store_file_id, n.distance, c.text FROM"
+                        f" (SELECT chunk_id, store_file_id, (embedding <=> %b) + 0 AS distance FROM {table}"
+                        f"  WHERE {where} ORDER BY distance LIMIT %s) n"
+                        " JOIN api_v1_chunk c ON c.id = n.chunk_id",
                         [query, *params, limit],
                     )
                     rows = cursor.fetchall()
-                for chunk_id, store_file_id, distance in rows:
+                for chunk_id, store_file_id, distance, text in rows:
                     similarity = 1.0 - float(distance)
                     if chunk_id not in best or best[chunk_id].similarity < similarity:
-                        best[chunk_id] = Candidate(chunk_id, store_file_id, similarity)
+                        best[chunk_id] = Candidate(chunk_id, store_file_id, similarity, text)
         return sorted(best.values(), key=lambda c: (-c.similarity, c.chunk_id))[:limit]
 
 
@@ -642,7 +671,10 @@ def rank(
     allowed = None if filters is None else set(searched)
     pool = max_num_results if ranker == "none" else candidate_pool(max_num_results)
     candidates = (using or backend()).nearest(files_by_store, allowed, unit_rows(query_vectors), pool)
-    texts = dict(Chunk.objects.filter(pk__in=[c.chunk_id for c in candidates]).values_list("id", "text"))
+    texts = {c.chunk_id: c.text for c in candidates if c.text is not None}
+    unread = [c.chunk_id for c in candidates if c.text is None]
+    if unread:
+        texts.update(Chunk.objects.filter(pk__in=unread).values_list("id", "text"))
     query_terms: set[str] = set().union(*(terms_of(query) for query in queries))
     scored: list[tuple[float, int, Candidate]] = []
     for candidate in candidates:
