@@ -1,9 +1,12 @@
 """The gptscript tool format, parsed natively (no gptscript binary).
 
 A file holds one or more tools separated by lines of `---`. Each tool is a header of `Key: value`
-lines (Name, Description, Args/Param repeated as `name: description`, Tools, Model, Temperature,
-JSON Response, ...), a blank line, then the body. Header lines starting with `#` are comments. The
-first tool is the entry tool unless a subtool is named. The body decides the kind:
+lines (Name, Description, Args/Param repeated as `name: description`, Tools, Model Name,
+Temperature, JSON Response, Max Tokens, ...), then the body. As in gptscript, keys are compared
+without case or spaces, header lines starting with `#` (but not `#!`) are comments, blank lines in
+the header are skipped, and the body starts at the first line that is neither; a `#!` first line
+naming gptscript is the file's own shebang. The first tool is the entry tool unless a subtool is
+named. The body decides the kind:
 
 - `#!sys.<name>`: a built-in (sys.echo, sys.time.now, sys.http.get, sys.http.html2text, sys.read,
   sys.write);
@@ -20,8 +23,10 @@ from typing import Any
 
 BUILTINS = ("sys.echo", "sys.time.now", "sys.http.get", "sys.http.html2text", "sys.read", "sys.write")
 _KEY = re.compile(r"^([A-Za-z][A-Za-z0-9 _-]*?)\s*:\s*(.*)$")
+_ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+# Header keys as gptscript compares them: lower case, spaces removed.
 _ARG_KEYS = {"args", "arg", "param", "params", "parameter", "parameters"}
-_TOOL_KEYS = {"tools", "tool"}
+_TOOL_KEYS = {"tools", "tool", "agents", "agent"}
 _KNOWN_KEYS = (
     _ARG_KEYS
     | _TOOL_KEYS
@@ -29,19 +34,36 @@ _KNOWN_KEYS = (
         "name",
         "description",
         "model",
-        "model name",
+        "modelname",
+        "modelprovider",
+        "globalmodel",
+        "globalmodelname",
         "temperature",
-        "json response",
-        "internal prompt",
+        "jsonresponse",
+        "internalprompt",
         "chat",
-        "max tokens",
+        "maxtoken",
+        "maxtokens",
         "export",
+        "exports",
+        "exporttool",
+        "exporttools",
+        "sharetool",
+        "sharetools",
         "context",
+        "exportcontext",
+        "sharecontext",
         "cache",
+        "cred",
+        "creds",
         "credential",
         "credentials",
-        "share context",
-        "global tools",
+        "globaltool",
+        "globaltools",
+        "inputfilter",
+        "inputfilters",
+        "metadata",
+        "type",
     }
 )
 
@@ -62,9 +84,12 @@ class Tool:
     tools: list[str] = field(default_factory=list)
     model: str | None = None
     temperature: float | None = None
+    max_tokens: int | None = None
     json_response: bool = False
     body: str = ""
     line: int = 1
+    # The line each entry of `tools` was named on, for errors about it.
+    tool_lines: dict[str, int] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -124,8 +149,8 @@ def parse(contents: str, *, subtool: str | None = None, default_name: str = "mai
     if not contents.strip():
         raise ToolFileError("the tool file is empty")
     tools: list[Tool] = []
-    for index, (start, block) in enumerate(_split(contents)):
-        tool = _parse_tool(block, start, default_name if index == 0 else None)
+    for start, block in _split(contents):
+        tool = _parse_tool(block, start, default_name if not tools else None)
         if tool is None:
             continue
         if any(existing.name == tool.name for existing in tools):
@@ -136,10 +161,18 @@ def parse(contents: str, *, subtool: str | None = None, default_name: str = "mai
     names = {tool.name for tool in tools}
     for tool in tools:
         for ref in tool.tools:
-            if ref not in names and ref not in BUILTINS:
+            if ref in names or ref in BUILTINS:
+                continue
+            line = tool.tool_lines.get(ref, tool.line)
+            if ref.startswith(("sys.", "#!sys.")):
+                raise ToolFileError(f"unknown built-in {ref!r}; known: {', '.join(BUILTINS)}", line)
+            if any(mark in ref for mark in ("/", " from ", "github.com")) or ref.endswith(".gpt"):
                 raise ToolFileError(
-                    f"tool {tool.name!r} uses {ref!r}, which is neither in this file nor a built-in", tool.line
+                    f"tool {tool.name!r} uses {ref!r} from another file or URL; only tools in this file and "
+                    "built-ins can be used",
+                    line,
                 )
+            raise ToolFileError(f"tool {tool.name!r} uses {ref!r}, which is neither in this file nor a built-in", line)
         if tool.kind == "builtin" and tool.instruction_line not in BUILTINS:
             raise ToolFileError(f"unknown built-in {tool.instruction_line!r}; known: {', '.join(BUILTINS)}", tool.line)
     entry = tools[0]
@@ -152,11 +185,15 @@ def parse(contents: str, *, subtool: str | None = None, default_name: str = "mai
 
 
 def _split(contents: str) -> list[tuple[int, list[str]]]:
+    """The file's tools as (first line number, lines)."""
     blocks: list[tuple[int, list[str]]] = []
     current: list[str] = []
     start = 1
-    for number, line in enumerate(contents.replace("\r\n", "\n").split("\n"), start=1):
-        if line.strip() == "---":
+    lines = contents.replace("\r\n", "\n").split("\n")
+    for number, line in enumerate(lines, start=1):
+        if number == 1 and line.startswith("#!") and "gptscript" in line:
+            current.append("")  # the file's own shebang (#!/usr/bin/env gptscript), not a body
+        elif line.strip() == "---":
             blocks.append((start, current))
             current, start = [], number + 1
         else:
@@ -166,31 +203,27 @@ def _split(contents: str) -> list[tuple[int, list[str]]]:
 
 
 def _parse_tool(lines: list[str], start: int, default_name: str | None) -> Tool | None:
-    # Leading blank lines do not end a header that has not begun.
-    offset = 0
-    while offset < len(lines) and not lines[offset].strip():
-        offset += 1
-    if offset == len(lines):
-        return None
-    tool = Tool(name="", line=start + offset)
-    position = offset
-    in_header = True
-    while position < len(lines) and in_header:
-        raw = lines[position]
-        line = raw.strip()
+    tool = Tool(name="", line=start)
+    position = 0
+    seen_header = False
+    while position < len(lines):
+        line = lines[position].strip()
         number = start + position
-        if not line:
-            position += 1
-            break  # the blank line that ends the header
-        if line.startswith("#") and not line.startswith("#!"):
-            position += 1
+        if not line or (line.startswith("#") and not line.startswith("#!")):
+            position += 1  # blank lines and comments never end a header
             continue
         match = _KEY.match(line)
-        if match is None or match.group(1).strip().lower() not in _KNOWN_KEYS:
-            in_header = False  # the body starts here (a prompt needs no header)
-            break
-        _apply(tool, match.group(1).strip().lower(), match.group(2).strip(), number)
+        key = match.group(1).replace(" ", "").lower() if match else ""
+        if match is None or key not in _KNOWN_KEYS:
+            break  # the body starts here (a prompt needs no header)
+        if not seen_header:
+            tool.line, seen_header = number, True
+        _apply(tool, key, match.group(2).strip(), number)
         position += 1
+    if not seen_header:
+        if position == len(lines):
+            return None  # only blank lines and comments: not a tool
+        tool.line = start + position
     tool.body = "\n".join(lines[position:]).strip("\n")
     if not tool.name:
         if default_name is None:
@@ -211,21 +244,32 @@ def _apply(tool: Tool, key: str, value: str, line: int) -> None:
     elif key in _ARG_KEYS:
         name, sep, text = value.partition(":")
         name = name.strip()
-        if not name or not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", name):
-            raise ToolFileError(f"argument {value!r} should read 'name: description'", line)
+        if not sep or not _ARG_NAME.match(name):
+            raise ToolFileError(
+                f"argument {value!r} should read 'name: description' (a name of letters, digits, _ and -)", line
+            )
         if name in tool.args:
             raise ToolFileError(f"argument {name!r} is declared twice", line)
-        tool.args[name] = text.strip() if sep else ""
+        tool.args[name] = text.strip()
     elif key in _TOOL_KEYS:
-        tool.tools.extend(ref.strip() for ref in value.split(",") if ref.strip())
-    elif key in ("model", "model name"):
+        for ref in (ref.strip() for ref in value.split(",")):
+            if ref and ref not in tool.tools:
+                tool.tools.append(ref)
+                tool.tool_lines[ref] = line
+    elif key in ("model", "modelname"):
         tool.model = value or None
     elif key == "temperature":
         try:
             tool.temperature = float(value)
         except ValueError:
             raise ToolFileError(f"Temperature must be a number, not {value!r}", line) from None
-    elif key == "json response":
+        if not 0 <= tool.temperature <= 2:
+            raise ToolFileError(f"Temperature must be between 0 and 2, not {value}", line)
+    elif key in ("maxtoken", "maxtokens"):
+        if not value.isdigit() or int(value) < 1:
+            raise ToolFileError(f"Max Tokens must be a positive whole number, not {value!r}", line)
+        tool.max_tokens = int(value)
+    elif key == "jsonresponse":
         if value.lower() not in ("true", "false"):
             raise ToolFileError(f"JSON Response must be true or false, not {value!r}", line)
         tool.json_response = value.lower() == "true"
