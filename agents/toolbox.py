@@ -132,7 +132,7 @@ def gptscript_tool(name: str, toolset: gptscript.ToolSet, env: dict[str, str], m
     return ServerTool(
         name,
         "gptscript",
-        _function(name, entry.description or entry.name, entry.parameters_schema()),
+        _function(name, entry.description or entry.name, runner.schema_of(entry)),
         call,
         confirm,
         describe=action,

@@ -35,14 +35,21 @@ def allowed_hosts() -> frozenset[str]:
     return frozenset(host.strip().lower().strip("[]") for host in raw.split(",") if host.strip())
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def address_allowed(address: str) -> bool:
-    """Only globally routable unicast addresses; an IPv4-mapped IPv6 address is judged as IPv4."""
+    """Only globally routable unicast addresses. An IPv6 address that carries an IPv4 one
+    (IPv4-mapped, NAT64, 6to4, Teredo) is judged by the IPv4 address it reaches."""
     try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        else:
+            ip = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None) or ip
     return ip.is_global and not ip.is_multicast and not ip.is_reserved and not ip.is_link_local
 
 

@@ -8,6 +8,7 @@ commands run in the sandbox; output given to the model is capped.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import html.parser
 import json
@@ -116,7 +117,11 @@ async def _dispatch(toolset: ToolSet, tool: Tool, args: dict[str, str], input_js
         return await run_builtin(tool.instruction_line, args, input_json, ctx)
     if kind == "http":
         status, _type, text = await outbound.fetch_text(
-            tool.instruction_line, method="POST", json=json.loads(input_json), max_bytes=output_cap()
+            tool.instruction_line,
+            method="POST",
+            json=json.loads(input_json),
+            max_bytes=output_cap(),
+            timeout_s=sandbox.Limits.from_env().timeout_s,
         )
         if status >= 400:
             raise ToolError(f"{tool.instruction_line} answered {status}: {text[:500]}")
@@ -134,8 +139,13 @@ async def _run_command_tool(tool: Tool, args: dict[str, str], input_json: str, c
         if tool.script.strip():
             script_path = os.path.join(str(workdir), "tool-script")
             await asyncio.to_thread(Path(script_path).write_text, tool.script)
-        argv = sandbox.interpreter_argv(tool.instruction_line, args, script_path)
-        env = sandbox.tool_environment(ctx.env_vars, args, input_json, str(workdir))
+        # Only the arguments the tool declares reach its environment: the model may send any keys.
+        declared = {name: value for name, value in args.items() if name in tool.args}
+        env = sandbox.tool_environment(ctx.env_vars, declared, input_json, str(workdir))
+        try:
+            argv = sandbox.interpreter_argv(tool.instruction_line, env, script_path)
+        except ValueError as exc:
+            raise ToolError(str(exc)) from None
         result = await sandbox.run_command(argv, env=env, workdir=str(workdir))
     return result.as_tool_output()
 
@@ -211,6 +221,14 @@ def builtin_schema(name: str) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(properties)}
 
 
+def schema_of(tool: Tool) -> dict[str, Any]:
+    """The parameters the model sees: the tool's declared args; a built-in that declares none
+    takes the built-in's own (sys.echo's `input`, sys.http.get's `url`, ...)."""
+    if tool.kind == "builtin" and not tool.args:
+        return builtin_schema(tool.instruction_line)
+    return tool.parameters_schema()
+
+
 async def run_builtin(name: str, args: dict[str, str], input_json: str, ctx: CallContext) -> str:
     if name == "sys.echo":
         return args.get("input", input_json if args else "")
@@ -220,7 +238,9 @@ async def run_builtin(name: str, args: dict[str, str], input_json: str, ctx: Cal
         url = args.get("url") or args.get("input")
         if not url:
             raise ToolError(f"{name} needs a url")
-        status, content_type, text = await outbound.fetch_text(url, max_bytes=output_cap() * 4)
+        status, content_type, text = await outbound.fetch_text(
+            url, max_bytes=output_cap() * 4, timeout_s=sandbox.Limits.from_env().timeout_s
+        )
         if status >= 400:
             raise ToolError(f"{url} answered {status}")
         if name == "sys.http.html2text" or "html" in content_type:
@@ -246,6 +266,10 @@ async def _run_prompt_tool(
     `Tools:` are offered as functions. Its final text is the result."""
     if ctx.depth >= 4:
         raise ToolError("tools call each other too deeply")
+    if ctx.workdir is None:
+        # The conversation's own directory, where its sys.read and sys.write work; gone after it.
+        with sandbox.fresh_workdir() as workdir:
+            return await _run_prompt_tool(toolset, tool, args, input_json, dataclasses.replace(ctx, workdir=workdir))
     model = tool.model or ctx.model or env_str("CLICKY_CHATS_TOOL_MODEL", "gpt-4o-mini")
     taken: set[str] = set()
     offered: dict[str, Tool | str] = {}
@@ -255,7 +279,7 @@ async def _run_prompt_tool(
         name = function_name(ref, taken)
         offered[name] = target
         description = target.description if isinstance(target, Tool) else f"The built-in {ref}"
-        schema = target.parameters_schema() if isinstance(target, Tool) else builtin_schema(target)
+        schema = schema_of(target) if isinstance(target, Tool) else builtin_schema(target)
         functions.append(
             {"type": "function", "function": {"name": name, "description": description, "parameters": schema}}
         )
@@ -269,6 +293,8 @@ async def _run_prompt_tool(
             payload["tools"] = functions
         if tool.temperature is not None:
             payload["temperature"] = tool.temperature
+        if tool.max_tokens is not None:
+            payload["max_tokens"] = tool.max_tokens
         if tool.json_response:
             payload["response_format"] = {"type": "json_object"}
         answer = await _chat(payload)

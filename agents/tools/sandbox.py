@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from clicky_chats.config import env_bool, env_float, env_int, env_str
@@ -39,7 +41,8 @@ class Limits:
         timeout = env_float("CLICKY_CHATS_TOOL_TIMEOUT_S", 30.0)
         return cls(
             timeout_s=timeout,
-            cpu_s=max(1, int(timeout)),
+            # A little past the wall clock, so a busy loop is reported as the timeout it hit.
+            cpu_s=int(timeout) + 2,
             memory_bytes=env_int("CLICKY_CHATS_TOOL_MEMORY_BYTES", 512 * 1024 * 1024, minimum=16 * 1024 * 1024),
             file_bytes=env_int("CLICKY_CHATS_TOOL_FILE_BYTES", 64 * 1024 * 1024, minimum=1024),
             processes=env_int("CLICKY_CHATS_TOOL_PROCESSES", 64, minimum=1),
@@ -54,23 +57,45 @@ class CommandResult:
     stderr: str
     timed_out: bool = False
     truncated: bool = False
+    timeout_s: float = 0.0
+    output_bytes: int = 0
 
     def as_tool_output(self) -> str:
         """What the model sees: stdout, or the failure with its exit code and stderr."""
         if self.timed_out:
-            return "The tool call took too long to complete and was stopped."
+            return f"The tool call took longer than {self.timeout_s:g} s and was stopped."
         if self.exit_code != 0:
             return f"The tool exited with code {self.exit_code}: {self.stderr.strip() or self.stdout.strip()}"
+        if self.truncated:
+            return self.stdout + f"\n[output cut at {self.output_bytes} bytes]"
         return self.stdout
 
 
+# Names an argument may never set, even one a tool declares: they would change which program runs
+# or what it loads (bash even runs the commands in $BASH_ENV), or hide the tool's own files.
+RESERVED_NAMES = frozenset(
+    {"PATH", "HOME", "LANG", "IFS", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "TMPDIR"}
+)
+RESERVED_PREFIXES = ("GPTSCRIPT_", "LD_", "DYLD_", "LC_", "PYTHON", "PERL", "RUBY", "NODE_", "BASH_FUNC")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def exportable(name: str) -> bool:
+    upper = name.upper()
+    return bool(ENV_NAME.match(name)) and upper not in RESERVED_NAMES and not upper.startswith(RESERVED_PREFIXES)
+
+
 def tool_environment(env_vars: dict[str, str], args: dict[str, str], input_json: str, workdir: str) -> dict[str, str]:
-    """Only PATH, HOME, LANG, the tool's own env_vars and its args: never the server's secrets."""
-    env = {"PATH": SAFE_PATH, "HOME": workdir, "LANG": "C.UTF-8", "GPTSCRIPT_INPUT": input_json}
+    """Only PATH, HOME, LANG, the tool's own env_vars, its args (as given and upper-cased) and
+    GPTSCRIPT_INPUT: never the server's secrets. An argument never overrides a reserved name."""
+    env = {"PATH": SAFE_PATH, "HOME": workdir, "LANG": "C.UTF-8"}
     env.update(env_vars)
     for name, value in args.items():
-        env[name] = value
-        env[name.upper()] = value
+        if exportable(name) and "\0" not in value:
+            env[name] = value
+            env[name.upper()] = value
+    env["GPTSCRIPT_INPUT"] = input_json
+    env["GPTSCRIPT_TOOL_DIR"] = workdir
     return env
 
 
@@ -149,11 +174,12 @@ async def run_command(
         data = b""
         truncated = False
         while chunk := await stream.read(65536):
-            if len(data) < cap:
-                data += chunk[: cap - len(data)]
-            else:
-                truncated = True  # keep draining so the child never blocks on a full pipe
-        return data, truncated or len(data) >= cap
+            room = cap - len(data)
+            if len(chunk) > room:
+                truncated = True  # keep draining, so the child never blocks on a full pipe
+            if room > 0:
+                data += chunk[:room]
+        return data, truncated
 
     async def communicate() -> tuple[tuple[bytes, bool], tuple[bytes, bool]]:
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
@@ -170,7 +196,7 @@ async def run_command(
     except TimeoutError:
         _kill_group(process.pid)
         await process.wait()
-        return CommandResult(None, "", "", timed_out=True)
+        return CommandResult(None, "", "", timed_out=True, timeout_s=limits.timeout_s)
     except asyncio.CancelledError:
         _kill_group(process.pid)
         raise
@@ -178,7 +204,9 @@ async def run_command(
     stderr = err.decode("utf-8", "replace")
     if exit_code is not None and exit_code < 0:
         stderr = (stderr + f"\n(killed by signal {signal.Signals(-exit_code).name}: a resource limit was hit)").strip()
-    return CommandResult(exit_code, out.decode("utf-8", "replace"), stderr, truncated=out_cut)
+    return CommandResult(
+        exit_code, out.decode("utf-8", "ignore"), stderr, truncated=out_cut, output_bytes=limits.output_bytes
+    )
 
 
 def _kill_group(pid: int) -> None:
@@ -186,22 +214,31 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def interpreter_argv(instruction: str, args: dict[str, str], script_path: str | None) -> list[str]:
-    """`#!python3 -c '...' ${x}` -> argv, with ${arg} substituted, and the script file appended
-    when the tool has a script body."""
-    line = instruction
-    for name, value in args.items():
-        line = line.replace("${" + name + "}", shlex.quote(value))
-    argv = shlex.split(line)
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def interpreter_argv(instruction: str, env: dict[str, str], script_path: str | None) -> list[str]:
+    """`#!python3 -c '...' ${x}` -> argv. The line is split into words first, then each `${name}`
+    in a word becomes that variable of the tool's environment (its args, env_vars and
+    GPTSCRIPT_INPUT; empty when unset, as in gptscript), so a value stays inside its one word
+    whatever quotes or spaces it holds. The script file is appended when the tool has a script
+    body."""
+    try:
+        words = shlex.split(instruction)
+    except ValueError as exc:
+        raise ValueError(f"the #! line cannot be split into words: {exc}") from None
+    argv = [_PLACEHOLDER.sub(lambda match: env.get(match.group(1), ""), word) for word in words]
     if argv and argv[0] == "/usr/bin/env" and len(argv) > 1:
         argv = argv[1:]
+    if not argv:
+        raise ValueError("the #! line names no program")
     if script_path is not None:
         argv.append(script_path)
     return argv
 
 
 @contextlib.contextmanager
-def fresh_workdir() -> object:
+def fresh_workdir() -> Iterator[str]:
     directory = tempfile.mkdtemp(prefix="clicky-tool-")
     try:
         yield directory
