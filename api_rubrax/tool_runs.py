@@ -7,7 +7,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from agents.tools import runner
+from agents.tools import runner, sandbox
 from api_rubrax import tool_events, xtools
 from api_rubrax.models import ToolRun, XTool
 from clicky_chats import validation as v
@@ -15,11 +15,18 @@ from clicky_chats.errors import ApiError
 from clicky_chats.ids import new_id, now_ns, now_seconds
 from clicky_chats.scoping import get_scoped
 
+
+def _input(value: Any, name: str) -> None:
+    if not isinstance(value, str | dict):
+        raise v.invalid(name, "expected the tool's arguments as an object, or a string.", "invalid_type")
+
+
 RUN_RULES: dict[str, v.Rule] = {
     "tool_id": v.string(nonempty=True),
     "url": v.string(nonempty=True),
     "contents": v.string(nonempty=True),
     "subtool": v.string(),
+    "input": _input,
     "stream": v.boolean(),
 }
 
@@ -99,11 +106,12 @@ async def _call(project: str, run: ToolRun, emit: Any) -> str:
                     tool.server_url or "",
                     spec["subtool"],
                     dict(run.input or {}) if isinstance(run.input, dict) else args,
-                    60,
+                    sandbox.Limits.from_env().timeout_s,
                 )
                 error = None
             except mcp_client.McpError as exc:
                 output, error = f"The tool failed: {exc}", str(exc)
+            output = runner.cap_output(output)
             await emit("callFinish", tool=spec["subtool"], output=output, error=error)
             return output
         contents, url = tool.contents or "", tool.url
@@ -116,14 +124,18 @@ async def _call(project: str, run: ToolRun, emit: Any) -> str:
 
 def confirm(project: str, run_id: str, approved: bool) -> ToolRun:
     run = get_scoped(ToolRun, project, run_id, noun="tool run")
-    if run.status != "requires_confirmation":
+    decided = (
+        {"status": "in_progress"}
+        if approved
+        else {"status": "cancelled", "output": "The user denied this tool call.", "error": "denied"}
+    )
+    # Only one decision wins, however many arrive at once: the tool runs at most once.
+    if not ToolRun.objects.filter(pk=run.id, status="requires_confirmation").update(**decided):
+        run.refresh_from_db()
         raise ApiError(f"Tool run {run_id} is not waiting for confirmation (status '{run.status}').", param="run_id")
-    if approved:
-        run.status = "in_progress"
-        run.save(update_fields=["status"])
-    else:
-        run.status, run.output = "cancelled", "The user denied this tool call."
-        run.save(update_fields=["status", "output"])
+    run.refresh_from_db()
+    tool_events.record(run.id, "callConfirm", {"confirmed": approved})
+    if not approved:
         tool_events.record(run.id, "callFinish", {"output": run.output, "error": "denied"})
     return run
 

@@ -3,6 +3,7 @@ CRUD over DRF; anything that may stream is a plain async view."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -16,8 +17,8 @@ from api_rubrax import tool_events, tool_runs, xtools
 from api_rubrax.models import XTool
 from api_v1 import render
 from api_v1.assistant_views import body_of
-from api_v1.models import Thread
-from api_v1.run_views import run_event_stream, sse_response
+from api_v1.models import Run, Thread
+from api_v1.run_views import DONE, run_event_stream, sse_response
 from clicky_chats import validation as v
 from clicky_chats.pagination import page_params, paginate
 from clicky_chats.scoping import get_scoped, scoped
@@ -112,8 +113,17 @@ def _index(request: HttpRequest) -> int:
 async def run_stream(request: HttpRequest, thread_id: str, run_id: str) -> HttpResponseBase:
     """The run's stored events from `index` as SSE: a replay, then live while the run goes on."""
     index = _index(request)
-    await sync_to_async(run_flows.get_run)(request.project, thread_id, run_id)
+    run = await sync_to_async(run_flows.get_run)(request.project, thread_id, run_id)
+    if index > run.next_event_index:
+        # Nothing there yet, and the stream would miss the end of the run it waited past.
+        raise v.invalid("index", f"the run has {run.next_event_index} events so far.")
+    if index == run.next_event_index and run.status in Run.TERMINAL:
+        return sse_response(_only_done())  # all said: nothing more will come
     return sse_response(run_event_stream(run_id, index, "rubra", replay=True))
+
+
+async def _only_done() -> AsyncIterator[bytes]:
+    yield DONE
 
 
 @api_endpoint("GET")

@@ -47,11 +47,14 @@ def env_dict(items: list[str]) -> dict[str, str]:
 
 async def fetch_tool_file(url: str) -> str:
     try:
-        status, content_type, text = await outbound.fetch_text(url, max_bytes=MAX_TOOL_FILE_BYTES)
+        # One byte over the limit tells a file that is too large from one that just fits.
+        status, content_type, text = await outbound.fetch_text(url, max_bytes=MAX_TOOL_FILE_BYTES + 1)
     except Exception as exc:  # refused, unreachable, timed out: all a bad URL for the caller
-        raise v.invalid("url", f"the tool file could not be fetched: {exc}") from None
+        raise v.invalid("url", f"the tool file could not be fetched: {exc or type(exc).__name__}") from None
     if status >= 400:
         raise v.invalid("url", f"fetching the tool file answered {status}.")
+    if len(text.encode("utf-8")) > MAX_TOOL_FILE_BYTES:
+        raise v.invalid("url", f"the tool file is larger than {MAX_TOOL_FILE_BYTES} bytes.")
     if "html" in content_type.lower() or text.lstrip().lower().startswith(("<!doctype html", "<html")):
         raise v.invalid("url", "the URL answered with an HTML page, not a tool file (link the raw file).")
     return text
