@@ -370,19 +370,16 @@ def run_confirm(project: str, thread_id: str, run_id: str, body: dict[str, Any])
                 if call.get("id") == waiting["id"]:
                     call["x-confirmation"] = decision["confirmation"]
             step.save(update_fields=["step_details"])
+        # Recorded with the decision, so it comes before whatever the agent then does with it.
+        from api_rubrax.tool_events import record
+
+        record(
+            step.id if step else run.id,
+            "callConfirm",
+            {"tool_call_id": waiting["id"], "run_id": run.id, "confirmed": decision["confirmation"]},
+        )
         start = run.next_event_index
         requeue(run, events)
-    from api_rubrax.tool_events import record
-
-    record(
-        step.id if step else run.id,
-        "callConfirm",
-        {
-            "tool_call_id": waiting["id"],
-            "run_id": run.id,
-            "confirmed": decision["confirmation"],
-        },
-    )
     return run, start
 
 
