@@ -60,7 +60,6 @@ class AgentLoop:
         last_sweep = 0.0
         try:
             while not self.stopping.is_set():
-                await refresh_connection()
                 claimed = []
                 free = self.concurrency - len(running)
                 if free > 0:
@@ -73,10 +72,15 @@ class AgentLoop:
                 ingesting = await self.ingestor.claim(self._wake.event.set)
                 if time.monotonic() - last_sweep > SWEEP_EVERY_S:
                     last_sweep = time.monotonic()
+                    # Once a sweep, not every pass: on SQLite (CONN_MAX_AGE 0) it reconnects, and
+                    # every run's writes queue behind the loop's on the one database thread.
+                    await refresh_connection()
                     expired = await db(expire_overdue)
                     if expired:
                         log.info("%s expired %d run(s)", self.name, expired)
-                if (claimed and len(running) < self.concurrency) or (ingesting and self.ingestor.has_room()):
+                # A claim that left slots free found every claimable run: another pass would find
+                # none. New runs wake the loop (bus.QUEUE), so none is missed by waiting.
+                if ingesting and self.ingestor.has_room():
                     continue  # more may be waiting
                 await self._wake.wait(self.poll_interval_s)
         finally:
@@ -88,9 +92,12 @@ class AgentLoop:
 
     def _finished(self, running: dict[asyncio.Task[None], str]):  # type: ignore[no-untyped-def]
         def done(task: asyncio.Task[None]) -> None:
+            was_full = len(running) >= self.concurrency
             running.pop(task, None)
-            if self._wake is not None:
-                self._wake.event.set()  # a slot is free: look for more work
+            # A slot is free: look for work, if runs may have waited for one. While slots were free,
+            # every queued run was claimed when it was announced.
+            if was_full and self._wake is not None:
+                self._wake.event.set()
 
         return done
 
