@@ -248,10 +248,11 @@ class TurnWriter:
             return
         self.last_flush = now
         if self.pieces:
-            if self.message_step is None:
-                self.message_step = await db(progress.open_message, self.run_id, self.fence)
             pieces, self.pieces = self.pieces, []
-            await db(progress.append_content, self.run_id, self.fence, self.message_step[1], pieces)
+            if self.message_step is None:
+                self.message_step = await db(progress.open_message, self.run_id, self.fence, pieces)
+            else:
+                await db(progress.append_content, self.run_id, self.fence, self.message_step[1], pieces)
         if self.calls:
             ready = self._ready_calls()
             if ready:
@@ -310,6 +311,10 @@ async def _model_turn(run_id: str, fence: int, turn: progress.TurnContext, tools
         if pending_read is not None:
             pending_read.cancel()  # stopped mid-read (cancelled, expired): nobody awaits it now
         answer.close()  # hangs up on the model, whatever it was still going to say
+    last_pieces: list[tuple[str, str]] = []
+    if writer.message_step is not None and not writer.calls and (writer.finish_reason is not None or finished):
+        # A plain answer's last text goes in with the turn's end: one transaction, not two.
+        last_pieces, writer.pieces = writer.pieces, []
     await writer.flush(force=True)
     if writer.finish_reason is None and not finished:
         # The body ended cleanly but the answer did not: no finish_reason, no [DONE].
@@ -328,6 +333,7 @@ async def _model_turn(run_id: str, fence: int, turn: progress.TurnContext, tools
         calls_pending=writer.tool_step_id is not None,
         server_call_list=writer.server_calls(),
         toolbox_kinds={name: tool.record_kind for name, tool in tools.items()},
+        pieces=last_pieces,
     )
 
 

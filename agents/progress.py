@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents import server_calls
-from agents.runs import finish_cancelled, finish_expired, finish_failed, locked_run
+from agents.runs import Events, finish_cancelled, finish_expired, finish_failed, locked_run
 from api_v1 import render
 from api_v1.models import Message, Run, RunStep
 from clicky_chats.ids import new_id, now_ns, now_seconds
@@ -208,8 +208,9 @@ def _new_step(run: Run, kind: str, details: dict[str, Any]) -> RunStep:
     )
 
 
-def open_message(run_id: str, fence: int) -> tuple[str, str]:
-    """A message_creation step and its empty assistant message; returns (step id, message id)."""
+def open_message(run_id: str, fence: int, pieces: list[tuple[str, str]] | None = None) -> tuple[str, str]:
+    """A message_creation step and its assistant message, empty or with its first `pieces` as its
+    first delta (one transaction before the first delta, not two); returns (step id, message id)."""
     with locked_run(run_id, fence=fence) as (run, events):
         message_id = new_id("msg_")
         step = _new_step(
@@ -231,42 +232,51 @@ def open_message(run_id: str, fence: int) -> tuple[str, str]:
         events.add("thread.run.step.in_progress", render.run_step(step, "rubra"))
         events.add("thread.message.created", render.message(message))
         events.add("thread.message.in_progress", render.message(message))
+        if pieces:
+            message.content = []  # a new list: the events above hold the empty one as it was
+            _append_pieces(message, pieces, events)
+            message.save(update_fields=["content"])
         return step.id, message.id
 
 
 def append_content(run_id: str, fence: int, message_id: str, pieces: list[tuple[str, str]]) -> None:
-    """Adds (kind, text) pieces, kind "text" or "refusal", to the message as one delta event.
+    """Adds (kind, text) pieces, kind "text" or "refusal", to the message as one delta event."""
+    with locked_run(run_id, fence=fence) as (_run, events):
+        message = Message.objects.get(pk=message_id)
+        _append_pieces(message, pieces, events)
+        message.save(update_fields=["content"])
+
+
+def _append_pieces(message: Message, pieces: list[tuple[str, str]], events: Events) -> None:
+    """Adds the pieces to `message.content` (the caller saves it) and their delta to `events`.
 
     A piece continuing the message's last part of its kind extends it and its delta carries only
     the new text; a new part's first delta carries the whole part (annotations included), since
     the SDK concatenates strings and appends lists on every repeat."""
-    with locked_run(run_id, fence=fence) as (_run, events):
-        message = Message.objects.get(pk=message_id)
-        first = not message.content
-        parts: list[dict[str, Any]] = []
-        for kind, text in pieces:
-            last = message.content[-1] if message.content else None
-            if last is not None and last["type"] == kind:
-                index = len(message.content) - 1
-                if kind == "text":
-                    last["text"]["value"] += text
-                    parts.append({"index": index, "type": "text", "text": {"value": text}})
-                else:
-                    last["refusal"] += text
-                    parts.append({"index": index, "type": "refusal", "refusal": text})
-                continue
-            index = len(message.content)
+    first = not message.content
+    parts: list[dict[str, Any]] = []
+    for kind, text in pieces:
+        last = message.content[-1] if message.content else None
+        if last is not None and last["type"] == kind:
+            index = len(message.content) - 1
             if kind == "text":
-                message.content.append({"type": "text", "text": {"value": text, "annotations": []}})
-                parts.append({"index": index, "type": "text", "text": {"value": text, "annotations": []}})
+                last["text"]["value"] += text
+                parts.append({"index": index, "type": "text", "text": {"value": text}})
             else:
-                message.content.append({"type": "refusal", "refusal": text})
+                last["refusal"] += text
                 parts.append({"index": index, "type": "refusal", "refusal": text})
-        message.save(update_fields=["content"])
-        delta: dict[str, Any] = {"content": parts}
-        if first:
-            delta["role"] = "assistant"
-        events.add("thread.message.delta", {"id": message_id, "object": "thread.message.delta", "delta": delta})
+            continue
+        index = len(message.content)
+        if kind == "text":
+            message.content.append({"type": "text", "text": {"value": text, "annotations": []}})
+            parts.append({"index": index, "type": "text", "text": {"value": text, "annotations": []}})
+        else:
+            message.content.append({"type": "refusal", "refusal": text})
+            parts.append({"index": index, "type": "refusal", "refusal": text})
+    delta: dict[str, Any] = {"content": parts}
+    if first:
+        delta["role"] = "assistant"
+    events.add("thread.message.delta", {"id": message.id, "object": "thread.message.delta", "delta": delta})
 
 
 def open_tool_step(run_id: str, fence: int) -> str:
@@ -336,8 +346,10 @@ def finish_turn(
     calls_pending: bool,
     server_call_list: list[dict[str, Any]] | None = None,
     toolbox_kinds: dict[str, str] | None = None,
+    pieces: list[tuple[str, str]] | None = None,
 ) -> str:
     """Closes the turn's message and steps and moves the run on; returns the run's new status.
+    `pieces`, the answer's last text not yet written, go into the message first (as its last delta).
 
     The model's finish_reason decides how: "length" cuts the message and the run short (the
     run's token limit), "content_filter" cuts only the message."""
@@ -349,6 +361,8 @@ def finish_turn(
         if message_step is not None:
             step_id, message_id = message_step
             message = Message.objects.get(pk=message_id)
+            if pieces:
+                _append_pieces(message, pieces, events)
             if message_cut:
                 message.status, message.incomplete_at = "incomplete", now
                 message.incomplete_details = {"reason": message_cut}
