@@ -208,11 +208,15 @@ class FakeUpstream:
         port: int = 0,
         record: bool = True,
         stream_interval_s: float = 0.0,
+        stream_words: int = 0,
     ) -> None:
         self.latency_s = latency_s
         self.record = record
         # Pacing of the default (unscripted) chat stream, so a benchmark can tell relaying from buffering.
         self.stream_interval_s = stream_interval_s
+        # With N > 0 the default chat stream answers N words, one content chunk each (a long answer
+        # for benchmarks that count what the run engine writes per token); 0 keeps the greeting.
+        self.stream_words = stream_words
         self.host = host
         self.port = port
         self.requests: list[Recorded] = []
@@ -367,8 +371,14 @@ class FakeUpstream:
                 )
             if payload.get("stream"):
                 usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+                if self.stream_words:
+                    width = len(str(self.stream_words))  # equal-length words split one to a chunk
+                    text = "".join(f"w{index:0{width}d} " for index in range(self.stream_words))
+                    pieces = self.stream_words
+                else:
+                    text, pieces = "Hello from the fake upstream.", 4
                 return Reply.stream(
-                    text_stream("Hello from the fake upstream.", model=model, usage=usage),
+                    text_stream(text, model=model, pieces=pieces, usage=usage),
                     interval_s=self.stream_interval_s,
                 )
             return Reply.json(chat_completion(model=model))
@@ -458,6 +468,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--stream-interval-ms", type=float, default=0.0, help="pacing of the default chat stream")
+    parser.add_argument(
+        "--stream-words", type=int, default=0, help="the default chat stream answers N words, one chunk each"
+    )
     parser.add_argument("--no-record", action="store_true", help="keep no requests in memory (long benchmark runs)")
     options = parser.parse_args()
     fake = FakeUpstream(
@@ -466,6 +479,7 @@ def main() -> None:
         port=options.port,
         record=not options.no_record,
         stream_interval_s=options.stream_interval_ms / 1000,
+        stream_words=options.stream_words,
     )
     try:
         import uvloop
