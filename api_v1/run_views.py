@@ -81,7 +81,9 @@ async def run_event_stream(
                     if version == dialect.V1:
                         name, visible = dialect.event_v1(event, visible)
                     yield frame(visible, name)
-                if stop_at_pause and event in STREAM_ENDS:
+                # A pause this tier cannot see (requires_confirmation on /v1) is no end: to its
+                # client the run is still working, so the stream goes on when it does.
+                if stop_at_pause and event in STREAM_ENDS and visible is not None:
                     # A replay goes past a pause the run has since moved on from.
                     moved_on = event in PAUSES and (
                         position < len(events) - 1 or await sync_to_async(_events_from)(run_id, index)
