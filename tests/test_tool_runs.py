@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -550,6 +551,55 @@ def test_confirm_with_stream_follows_the_run_to_its_end(kit: RunKit, tools_serve
         if call.get("function", {}).get("output") is not None
     ]
     assert outputs_streamed == ["streamed"]
+
+
+def test_a_v1_stream_goes_on_through_a_confirmation_it_cannot_see(kit: RunKit, tools_server: ServerProcess) -> None:
+    tool = create_tool(
+        tools_server, contents="Name: echo\nDescription: Repeats\n\n#!sys.echo\n", requires_confirmation=True
+    )
+    assistant = assistant_with(kit, tool["id"])
+    thread = kit.thread("Echo, carefully.")
+    kit.fake.script(
+        "chat/completions",
+        Reply.stream(tool_call_answer(("call_v", "echo", ['{"input": "seen on v1"}']))),
+        Reply.stream(answer("Finished.")),
+    )
+    streamed: dict[str, Any] = {}
+
+    def follow() -> None:  # an OpenAI client streaming on /v1, which knows nothing of confirmation
+        response = requests.post(
+            f"{tools_server.url}/v1/threads/{thread.id}/runs",
+            json={"assistant_id": assistant.id, "stream": True},
+            headers={"Authorization": f"Bearer {ALICE_KEY}", "OpenAI-Beta": "assistants=v2"},
+            stream=True,
+            timeout=(5, 20),
+        )
+        streamed["events"] = read_sse(response)
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    run = wait_for(
+        lambda: next(iter(kit.runs.list(thread_id=thread.id).data), None), what="the streamed run to be created"
+    )
+    wait_for(
+        lambda: rubra_run(tools_server, thread.id, run.id)["status"] == "requires_confirmation",
+        what="the run to wait for confirmation",
+    )
+    time.sleep(0.3)
+    assert follower.is_alive()  # the /v1 stream stays open: to its client the run is still working
+
+    assert confirm(tools_server, run, "call_v", True).status_code == 200
+    follower.join(30)
+
+    names = [name for name, _data in streamed["events"]]
+    assert "thread.run.requires_confirmation" not in names
+    assert names[-2:] == ["thread.run.completed", "done"]
+    statuses = [
+        data["status"]
+        for name, data in streamed["events"]
+        if name and name.startswith("thread.run.") and "status" in data
+    ]
+    assert "requires_confirmation" not in statuses
 
 
 def test_bad_confirmations_are_refused(kit: RunKit, tools_server: ServerProcess) -> None:
