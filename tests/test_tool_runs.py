@@ -41,8 +41,12 @@ def mcp_site() -> Iterator[McpSite]:
 
 
 @pytest.fixture(scope="module")
-def tools_server(database: Database, fake_upstream: FakeUpstream) -> Iterator[ServerProcess]:
-    env = {"CLICKY_CHATS_ALLOW_COMMAND_TOOLS": "true", "CLICKY_CHATS_TOOL_ALLOWED_HOSTS": "127.0.0.1"}
+def tools_server(database: Database, fake_upstream: FakeUpstream, site: Site) -> Iterator[ServerProcess]:
+    env = {
+        "CLICKY_CHATS_ALLOW_COMMAND_TOOLS": "true",
+        "CLICKY_CHATS_TOOL_ALLOWED_HOSTS": "127.0.0.1",
+        "CLICKY_CHATS_SEARCH_URL": site.url("/search?format=text"),
+    }
     with tool_server(database, fake_upstream, env) as server:
         yield server
 
@@ -310,6 +314,34 @@ def test_mcp_tools_with_refs_arrays_and_no_arguments(
     assert said["call_s"] == "total=42"
     assert said["call_p"] == "pong"
     assert said["call_b"].startswith("The MCP tool broken reported an error")
+
+
+def test_the_named_builtins_search_and_browse(kit: RunKit, tools_server: ServerProcess, site: Site) -> None:
+    async def search(request: web.Request) -> web.StreamResponse:
+        return web.Response(text=f"results for {request.query['q']} ({request.query['format']})")
+
+    async def page(_request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            text="<html><body><h1>Cats</h1><p>Cats sleep a lot.</p></body></html>", content_type="text/html"
+        )
+
+    site.route("GET", "/search", search)
+    site.route("GET", "/cats.html", page)
+    assistant = assistant_with(kit, "internet_search", "site_browsing")
+
+    _run, step = run_calling(
+        kit,
+        assistant,
+        [
+            ("call_q", "internet_search", '{"query": "sleepy cats"}'),
+            ("call_b", "site_browsing", json.dumps({"url": site.url("/cats.html")})),
+        ],
+    )
+
+    functions = offered(model_requests(kit.fake)[0])
+    assert functions["internet_search"]["parameters"]["required"] == ["query"]
+    assert functions["site_browsing"]["parameters"]["required"] == ["url"]
+    assert outputs(step) == {"call_q": "results for sleepy cats (text)", "call_b": "Cats\nCats sleep a lot."}
 
 
 def test_step_events_list_and_stream(kit: RunKit, tools_server: ServerProcess) -> None:
@@ -638,9 +670,19 @@ def test_a_run_waiting_for_confirmation_can_be_cancelled(kit: RunKit, tools_serv
 
 @pytest.fixture(scope="module")
 def quick_expiry(database: Database, fake_upstream: FakeUpstream) -> Iterator[ServerProcess]:
-    """A server whose runs expire three seconds after they are created."""
-    with tool_server(database, fake_upstream, {"CLICKY_CHATS_RUN_EXPIRY_S": "3"}) as server:
+    """A server whose runs expire three seconds after they are created, and whose tools ask for
+    confirmation unless told otherwise (CLICKY_CHATS_CONFIRM)."""
+    env = {"CLICKY_CHATS_RUN_EXPIRY_S": "3", "CLICKY_CHATS_CONFIRM": "true"}
+    with tool_server(database, fake_upstream, env) as server:
         yield server
+
+
+def test_confirmation_by_default(quick_expiry: ServerProcess) -> None:
+    echo = "Name: echo\n\n#!sys.echo\n"
+    assert create_tool(quick_expiry, contents=echo)["requires_confirmation"] is True
+    assert create_tool(quick_expiry, contents=echo, requires_confirmation=False)["requires_confirmation"] is False
+    held = xapi(quick_expiry, "POST", "tools/run", {"tool_id": create_tool(quick_expiry, contents=echo)["id"]})
+    assert held.json()["status"] == "requires_confirmation"
 
 
 def test_a_run_waiting_for_confirmation_still_expires(quick_expiry: ServerProcess, fake_upstream: FakeUpstream) -> None:
