@@ -18,13 +18,35 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from clicky_chats.config import env_bool, env_float, env_int, env_str
+from clicky_chats.config import ConfigError, env_bool, env_float, env_int, env_str, env_url
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
+SANDBOXES = ("none", "bwrap")
+
+
 def command_tools_allowed() -> bool:
     return env_bool("CLICKY_CHATS_ALLOW_COMMAND_TOOLS", False)
+
+
+def sandbox_mode() -> str:
+    mode = env_str("CLICKY_CHATS_TOOL_SANDBOX", "none").strip().lower()
+    if mode not in SANDBOXES:
+        raise ConfigError(f"CLICKY_CHATS_TOOL_SANDBOX must be one of {', '.join(SANDBOXES)}, not {mode!r}")
+    return mode
+
+
+def check_settings() -> None:
+    """Reads every tool setting once, so a bad value stops start-up (config.load calls this)
+    instead of failing each tool call; they are read again where tools run."""
+    Limits.from_env()
+    command_tools_allowed()
+    env_bool("CLICKY_CHATS_CONFIRM", False)
+    if sandbox_mode() == "bwrap" and shutil.which("bwrap") is None:
+        raise ConfigError("CLICKY_CHATS_TOOL_SANDBOX=bwrap but bubblewrap (bwrap) is not installed")
+    if env_str("CLICKY_CHATS_SEARCH_URL", ""):
+        env_url("CLICKY_CHATS_SEARCH_URL", "")
 
 
 @dataclass(frozen=True)
@@ -157,7 +179,7 @@ async def run_command(
 ) -> CommandResult:
     limits = limits or Limits.from_env()
     argv = _with_limits(argv, limits)
-    if env_str("CLICKY_CHATS_TOOL_SANDBOX", "none") == "bwrap":
+    if sandbox_mode() == "bwrap":
         argv = _wrap_bwrap(argv, workdir)
     process = await asyncio.create_subprocess_exec(
         *argv,
