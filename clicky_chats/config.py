@@ -200,6 +200,11 @@ def writable_data_dir(raw: str) -> Path:
 
 
 def load() -> Config:
+    # The tool settings are read where tools run (agents/tools/sandbox.py knows them); reading
+    # them here as well stops start-up on a bad one.
+    from agents.tools.sandbox import check_settings
+
+    check_settings()
     dsn = env_str("CLICKY_CHATS_DSN", "sqlite:///clicky-chats.db")
     data_dir = writable_data_dir(env_str("CLICKY_CHATS_DATA_DIR", "./data"))
     models = tuple(m.strip() for m in env_str("CLICKY_CHATS_MODELS", "").split(",") if m.strip())
