@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from aiohttp import web
 from agents.tools import outbound
 from tests.conftest import ALICE_KEY, make_client
 from tests.fake_upstream import FakeUpstream, Reply
-from tests.harness import Database, ServerProcess
+from tests.harness import ROOT, Database, ServerProcess
 from tests.runs_support import MODEL, POLL_MS, RunKit, answer, assert_envelope, tool_call_answer
 from tests.tools_support import Site, tool_server, xapi
 
@@ -77,6 +78,36 @@ def test_command_tools_are_refused_by_default(server: ServerProcess) -> None:
     # Built-ins are no commands: they stay usable.
     echo = xapi(server, "POST", "tools/run", {"contents": "Name: e\n\n#!sys.echo\n", "input": {"input": "ok"}})
     assert echo.json()["output"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CLICKY_CHATS_ALLOW_COMMAND_TOOLS", "sure"),
+        ("CLICKY_CHATS_TOOL_SANDBOX", "bubblewrap"),  # a typo must never mean "no sandbox"
+        ("CLICKY_CHATS_TOOL_TIMEOUT_S", "30s"),
+        ("CLICKY_CHATS_TOOL_TIMEOUT_S", "0"),
+        ("CLICKY_CHATS_TOOL_OUTPUT_MAX_BYTES", "10"),
+        ("CLICKY_CHATS_TOOL_MEMORY_BYTES", "lots"),
+        ("CLICKY_CHATS_TOOL_FILE_BYTES", "1"),
+        ("CLICKY_CHATS_TOOL_PROCESSES", "0"),
+        ("CLICKY_CHATS_CONFIRM", "maybe"),
+        ("CLICKY_CHATS_SEARCH_URL", "ftp://search.example"),
+    ],
+)
+def test_bad_tool_settings_stop_start_up(server: ServerProcess, variable: str, value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={**server.env, variable: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], result.stderr
+    assert lines[0].startswith("clicky-chats: configuration error:")
 
 
 # --- a command's environment --------------------------------------------------------------------
