@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import ALICE_KEY, BOB_KEY, make_client
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, Reply, chat_completion
 from tests.harness import Database, ServerProcess, free_port
 from tests.runs_support import MODEL, assert_envelope
 from tests.tools_support import McpSite, Site, read_sse, tool_server, xapi
@@ -205,6 +205,40 @@ def test_run_a_tool_by_contents_and_by_id(tools_server: ServerProcess) -> None:
     made = create(tools_server, contents='Name: shout\nArgs: text: what\n\n#!/bin/sh\necho "$TEXT" | tr a-z A-Z\n')
     by_id = xapi(tools_server, "POST", "tools/run", {"tool_id": made["id"], "input": '{"text": "quiet words"}'})
     assert by_id.json()["output"] == "QUIET WORDS\n" and by_id.json()["tool_id"] == made["id"]
+
+
+def test_a_prompt_tool_run_alone_has_a_scratch_directory_of_its_own(
+    tools_server: ServerProcess, fake_upstream: FakeUpstream
+) -> None:
+    notes = "Name: notes\nDescription: Keeps notes\nTools: sys.write, sys.read\n\nWrite the note, then read it back.\n"
+
+    def call(name: str, arguments: dict[str, str]) -> Reply:
+        tool_call = {
+            "id": f"call_{name}",
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)},
+        }
+        return Reply.json(chat_completion(None, tool_calls=[tool_call], finish_reason="tool_calls"))
+
+    fake_upstream.script(
+        "chat/completions",
+        call("sys_write", {"filename": "sub/note.txt", "content": "remember the milk"}),
+        call("sys_read", {"filename": "sub/note.txt"}),
+        call("sys_read", {"filename": "../../../etc/hostname"}),
+        Reply.json(chat_completion("The note says: remember the milk")),
+    )
+
+    ran = xapi(tools_server, "POST", "tools/run", {"contents": notes, "input": "go"})
+
+    assert ran.status_code == 200, ran.text
+    assert ran.json()["output"] == "The note says: remember the milk"
+    requests_made = [r.json() for r in fake_upstream.requests if r.path == "chat/completions"]
+    assert requests_made[0]["model"] == "gpt-4o-mini"  # CLICKY_CHATS_TOOL_MODEL's default: no run to take it from
+    assert requests_made[0]["messages"][1] == {"role": "user", "content": "go"}
+    results = [m["content"] for m in requests_made[-1]["messages"] if m["role"] == "tool"]
+    assert results[0] == "Wrote sub/note.txt"
+    assert results[1] == "remember the milk"
+    assert results[2].startswith("The tool sys.read failed:") and "working directory" in results[2]
 
 
 def test_run_a_tool_with_a_stream(tools_server: ServerProcess) -> None:
