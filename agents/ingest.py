@@ -31,7 +31,7 @@ from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.db.models import F, Q
 
-from agents import engine, search
+from agents import engine, kra, search
 from agents.db import db
 from agents.runs import LeaseLost
 from api_v1.models import Chunk, VectorStoreFile
@@ -442,6 +442,14 @@ async def _ingest(pk: int, fence: int, attempts: int, config: engine.Settings) -
         raise IngestFailed("server_error", f"Ingestion was interrupted {MAX_ATTEMPTS} times; giving up.")
     started = time.monotonic()
     job = await db(ingest_start, pk, fence)
+    if kra.enabled():
+        # An external knowledge-retrieval-api does its own chunking and embedding.
+        try:
+            await kra.ingest_store_file(pk)
+        except kra.KraError as exc:
+            raise IngestFailed("server_error", f"The knowledge-retrieval-api refused the file: {exc}") from None
+        await db(ingest_complete, pk, fence)
+        return
     source = _Source(job)
     prefetch: asyncio.Future[list[str]] | None = None
     chunks, embedding_s = 0, 0.0

@@ -665,26 +665,19 @@ def test_the_knowledge_retrieval_api_ingests_and_searches_in_search_stores_shape
             within_s=60,
             what="the files to be ingested",
         )
-        # The hook, as an agent calls it for a claimed store file.
-        documents = shell_json(
-            kra_server,
-            "from agents import kra\nfrom api_v1.models import VectorStoreFile\n"
-            "async def main():\n"
-            f"    rows = VectorStoreFile.objects.filter(vector_store_id={store_id!r}).order_by('created_ns')\n"
-            "    pks = [pk async for pk in rows.values_list('pk', flat=True)]\n"
-            "    return [await kra.ingest_store_file(pk) for pk in pks]",
-        )
-        assert [len(made) for made in documents] == [2, 2]  # a title and a paragraph each
+        # The agents ingested each file through the KRA (it chunks and embeds on its own).
         dataset = store_id.lower()
         ingested = [payload for method, path, payload in FakeKra.calls if path.endswith("/ingest")]
-        assert [(p["file_id"], p["filename"], base64.b64decode(p["content"])) for p in ingested] == [
-            (handbook, "handbook.md", HANDBOOK),
-            (recipes, "recipes.md", RECIPES),
-        ]
+        assert sorted((p["file_id"], p["filename"], base64.b64decode(p["content"])) for p in ingested) == sorted(
+            [
+                (handbook, "handbook.md", HANDBOOK),
+                (recipes, "recipes.md", RECIPES),
+            ]
+        )
         assert ("POST", "/v1/datasets/create", {"id": dataset, "embed_dim": 0}) in FakeKra.calls
 
         def search(query: str) -> dict[str, Any]:
-            """kra.search and search_stores over the same store."""
+            """kra.search, and search_stores (which hands the search to the KRA when it is set)."""
             return shell_json(  # type: ignore[no-any-return]
                 kra_server,
                 "from agents import kra, search\n"
@@ -723,6 +716,40 @@ def test_the_knowledge_retrieval_api_ingests_and_searches_in_search_stores_shape
     )
     assert refused[0][0] is None and "cannot be reached" in refused[0][1]
     assert refused[1][0] == 404 and "no-such-dataset" in refused[1][1]
+
+
+def test_a_v1_run_retrieves_through_the_knowledge_retrieval_api(
+    kra_server: ServerProcess, fake_upstream: FakeUpstream
+) -> None:
+    with make_client(kra_server) as client, v1_client(kra_server, strict=False) as v1:
+        handbook = upload(client, "handbook.md", HANDBOOK)
+        asst = v1.beta.assistants.create(model=MODEL, extra_body={"file_ids": [handbook]})
+        store_id = store_of(client, asst.id)
+        assert store_id is not None
+        wait_until(
+            lambda: set(hidden_store_files(kra_server, store_id)["files"].values()) == {"completed"},
+            within_s=60,
+            what="the file to be ingested by the KRA",
+        )
+        thread = v1.beta.threads.create(messages=[{"role": "user", "content": "What is the cat called?"}])
+        fake_upstream.script(
+            "chat/completions",
+            Reply.stream(tool_call_answer(("call_kra", "file_search", ['{"query": "office cat name"}']))),
+            Reply.stream(answer("Biscuit.")),
+        )
+        run = v1.beta.threads.runs.create(thread.id, assistant_id=asst.id)
+        done = wait_until(
+            lambda: (
+                (found := v1.beta.threads.runs.retrieve(run.id, thread_id=thread.id)).status in ("completed", "failed")
+                and found
+            ),
+            within_s=30,
+            what="the run to end",
+        )
+        assert done.status == "completed", done.last_error
+        messages = fake_upstream.last("chat/completions").json()["messages"]
+        tool_output = next(message["content"] for message in messages if message["role"] == "tool")
+        assert "Biscuit" in tool_output  # the passage came from the KRA's retrieve
 
 
 def test_a_knowledge_retrieval_api_url_must_be_http(database: Database, fake_upstream: FakeUpstream) -> None:
