@@ -60,29 +60,35 @@ class AgentLoop:
         last_sweep = 0.0
         try:
             while not self.stopping.is_set():
-                claimed = []
-                free = self.concurrency - len(running)
-                if free > 0:
-                    claimed = await db(run_claim, self.owner, free, self.settings.lease_s)
-                for run_id, fence, attempts in claimed:
-                    task = asyncio.create_task(engine.drive(run_id, fence, self.settings, attempts))
-                    running[task] = run_id
-                    task.add_done_callback(self._finished(running))
-                # Vector-store files waiting for ingestion, in slots of their own beside the runs.
-                ingesting = await self.ingestor.claim(self._wake.event.set)
-                if time.monotonic() - last_sweep > SWEEP_EVERY_S:
-                    last_sweep = time.monotonic()
-                    # Once a sweep, not every pass: on SQLite (CONN_MAX_AGE 0) it reconnects, and
-                    # every run's writes queue behind the loop's on the one database thread.
-                    await refresh_connection()
-                    expired = await db(expire_overdue)
-                    if expired:
-                        log.info("%s expired %d run(s)", self.name, expired)
-                # A claim that left slots free found every claimable run: another pass would find
-                # none. New runs wake the loop (bus.QUEUE), so none is missed by waiting.
-                if ingesting and self.ingestor.has_room():
-                    continue  # more may be waiting
-                await self._wake.wait(self.poll_interval_s)
+                try:
+                    claimed = []
+                    free = self.concurrency - len(running)
+                    if free > 0:
+                        claimed = await db(run_claim, self.owner, free, self.settings.lease_s)
+                    for run_id, fence, attempts in claimed:
+                        task = asyncio.create_task(engine.drive(run_id, fence, self.settings, attempts))
+                        running[task] = run_id
+                        task.add_done_callback(self._finished(running))
+                    # Vector-store files waiting for ingestion, in slots of their own beside the runs.
+                    ingesting = await self.ingestor.claim(self._wake.event.set)
+                    if time.monotonic() - last_sweep > SWEEP_EVERY_S:
+                        last_sweep = time.monotonic()
+                        # Once a sweep, not every pass: on SQLite (CONN_MAX_AGE 0) it reconnects, and
+                        # every run's writes queue behind the loop's on the one database thread.
+                        await refresh_connection()
+                        expired = await db(expire_overdue)
+                        if expired:
+                            log.info("%s expired %d run(s)", self.name, expired)
+                    # A claim that left slots free found every claimable run: another pass would find
+                    # none. New runs wake the loop (bus.QUEUE), so none is missed by waiting.
+                    if ingesting and self.ingestor.has_room():
+                        continue  # more may be waiting
+                    await self._wake.wait(self.poll_interval_s)
+                except Exception:
+                    # The database away for longer than db() waits, or a bug: the loop must outlive
+                    # it, or every run would stall until someone restarted the agent.
+                    log.exception("%s: pass failed; trying again shortly", self.name)
+                    await asyncio.sleep(min(5.0, self.poll_interval_s * 4))
         finally:
             await self.ingestor.shutdown()  # at once: ingestion restarts cleanly elsewhere
             await self._shutdown(running)
