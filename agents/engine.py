@@ -171,10 +171,7 @@ async def _run_server_calls(run_id: str, fence: int, step_id: str, tools: dict[s
             output = "The user denied this tool call."
         elif tool.requires_confirmation and call["confirmation"] is None:
             action = f"{tool.describe or tool.name} with {call['arguments'] or '{}'}"
-            await db(server_calls.await_confirmation, run_id, fence, step_id, call["id"], action)
-            await tool_events.emitter(step_id, {"tool_call_id": call["id"], "run_id": run_id})(
-                "callConfirm", tool=tool.name, input=call["arguments"], action=action
-            )
+            await db(server_calls.await_confirmation, run_id, fence, step_id, call, tool.name, action)
             return "requires_confirmation"
         else:
             emit = tool_events.emitter(step_id, {"tool_call_id": call["id"], "run_id": run_id})

@@ -189,11 +189,19 @@ def pending_server_calls(run_id: str, fence: int, step_id: str) -> list[dict[str
         return pending
 
 
-def await_confirmation(run_id: str, fence: int, step_id: str, call_id: str, action: str) -> None:
-    """Holds the run in requires_confirmation until a person approves or denies the call."""
+def await_confirmation(run_id: str, fence: int, step_id: str, call: dict[str, Any], tool: str, action: str) -> None:
+    """Holds the run in requires_confirmation until a person approves or denies the call. The
+    step's callConfirm event is written with it, so it always comes before the decision's."""
+    from api_rubrax.tool_events import record
+
     with locked_run(run_id, fence=fence) as (run, events):
+        record(
+            step_id,
+            "callConfirm",
+            {"tool_call_id": call["id"], "run_id": run_id, "tool": tool, "input": call["arguments"], "action": action},
+        )
         run.status = "requires_confirmation"
-        run.required_action = {"type": "confirm", "x-confirm": {"id": call_id, "action": action}}
+        run.required_action = {"type": "confirm", "x-confirm": {"id": call["id"], "action": action}}
         run.lease_owner, run.lease_expires_at = None, None
         run.save()
         events.run_event("requires_confirmation")
