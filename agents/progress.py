@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents import server_calls
-from agents.runs import Events, finish_cancelled, finish_expired, finish_failed, locked_run
+from agents.runs import Events, finish_cancelled, finish_expired, finish_failed, locked_run, new_step
 from api_v1 import render
 from api_v1.models import Message, Run, RunStep
 from clicky_chats.ids import new_id, now_ns, now_seconds
@@ -193,28 +193,16 @@ def _as_spoken(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --- writing a turn as it streams --------------------------------------------------------------
 
 
-def _new_step(run: Run, kind: str, details: dict[str, Any]) -> RunStep:
-    return RunStep.objects.create(
-        id=new_id("step_"),
-        project=run.project,
-        run=run,
-        thread_id=run.thread_id,
-        assistant_id=run.assistant_id,
-        created_at=now_seconds(),
-        created_ns=now_ns(),
-        type=kind,
-        status="in_progress",
-        step_details=details,
-    )
-
-
 def open_message(run_id: str, fence: int, pieces: list[tuple[str, str]] | None = None) -> tuple[str, str]:
     """A message_creation step and its assistant message, empty or with its first `pieces` as its
     first delta (one transaction before the first delta, not two); returns (step id, message id)."""
     with locked_run(run_id, fence=fence) as (run, events):
         message_id = new_id("msg_")
-        step = _new_step(
-            run, "message_creation", {"type": "message_creation", "message_creation": {"message_id": message_id}}
+        step = new_step(
+            run,
+            events,
+            "message_creation",
+            {"type": "message_creation", "message_creation": {"message_id": message_id}},
         )
         message = Message.objects.create(
             id=message_id,
@@ -228,8 +216,6 @@ def open_message(run_id: str, fence: int, pieces: list[tuple[str, str]] | None =
             assistant_id=run.assistant_id,
             run_id=run.id,
         )
-        events.add("thread.run.step.created", render.run_step(step, "rubra"))
-        events.add("thread.run.step.in_progress", render.run_step(step, "rubra"))
         events.add("thread.message.created", render.message(message))
         events.add("thread.message.in_progress", render.message(message))
         if pieces:
@@ -281,10 +267,7 @@ def _append_pieces(message: Message, pieces: list[tuple[str, str]], events: Even
 
 def open_tool_step(run_id: str, fence: int) -> str:
     with locked_run(run_id, fence=fence) as (run, events):
-        step = _new_step(run, "tool_calls", {"type": "tool_calls", "tool_calls": []})
-        events.add("thread.run.step.created", render.run_step(step, "rubra"))
-        events.add("thread.run.step.in_progress", render.run_step(step, "rubra"))
-        return step.id
+        return new_step(run, events, "tool_calls", {"type": "tool_calls", "tool_calls": []}).id
 
 
 def append_tool_calls(run_id: str, fence: int, step_id: str, fragments: dict[int, dict[str, Any]]) -> None:

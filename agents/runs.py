@@ -69,6 +69,25 @@ class Events:
         bus.publish(self.run.id)
 
 
+def new_step(run: Run, events: Events, kind: str, details: dict[str, Any]) -> RunStep:
+    """A run step in progress, announced (created, then in_progress) in the run's event log."""
+    step = RunStep.objects.create(
+        id=new_id("step_"),
+        project=run.project,
+        run=run,
+        thread_id=run.thread_id,
+        assistant_id=run.assistant_id,
+        created_at=now_seconds(),
+        created_ns=now_ns(),
+        type=kind,
+        status="in_progress",
+        step_details=details,
+    )
+    events.add("thread.run.step.created", render.run_step(step, "rubra"))
+    events.add("thread.run.step.in_progress", render.run_step(step, "rubra"))
+    return step
+
+
 @contextlib.contextmanager
 def locked_run(run_id: str, *, fence: int | None = None, project: str | None = None) -> Iterator[tuple[Run, Events]]:
     """A transaction holding the run's row. With `fence`, only the agent holding that claim gets

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.runs import Events, locked_run
+from agents.runs import Events, locked_run, new_step
 from agents.toolbox import BUILTIN_NAMES, citations
 from agents.tools import sandbox
 from api_v1 import render
 from api_v1.models import Assistant, Message, Run, RunStep
 from clicky_chats.config import env_bool
-from clicky_chats.ids import new_id, now_ns, now_seconds
+from clicky_chats.ids import now_seconds
 
 
 def toolbox_inputs(run: Run) -> dict[str, Any]:
@@ -143,20 +143,7 @@ def add_server_calls(
 ) -> str:
     """Puts the model's calls to server tools into the turn's tool_calls step (made if needed)."""
     if step_id is None:
-        step = RunStep.objects.create(
-            id=new_id("step_"),
-            project=run.project,
-            run=run,
-            thread_id=run.thread_id,
-            assistant_id=run.assistant_id,
-            created_at=now_seconds(),
-            created_ns=now_ns(),
-            type="tool_calls",
-            status="in_progress",
-            step_details={"type": "tool_calls", "tool_calls": []},
-        )
-        events.add("thread.run.step.created", render.run_step(step, "rubra"))
-        events.add("thread.run.step.in_progress", render.run_step(step, "rubra"))
+        step = new_step(run, events, "tool_calls", {"type": "tool_calls", "tool_calls": []})
     else:
         step = RunStep.objects.get(pk=step_id)
     stored = step.step_details["tool_calls"]
