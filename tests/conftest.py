@@ -4,6 +4,7 @@ the official SDK with strict response validation."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -47,25 +48,34 @@ def database() -> Iterator[Database]:
 AGENTS_IN_SERVER = DB_KIND != "postgres"
 
 
+@contextlib.contextmanager
+def running_stack(database: Database, upstream_url: str, env: dict[str, str]) -> Iterator[ServerProcess]:
+    """A server with its agents as the suite runs them (inside it on SQLite, a `runagent` beside
+    it on PostgreSQL), stopped when the block ends."""
+    proc = ServerProcess(database, upstream_url, env=env, with_agents=AGENTS_IN_SERVER).start()
+    agent = None if AGENTS_IN_SERVER else AgentProcess(proc).start()
+    try:
+        yield proc
+    finally:
+        if agent is not None:
+            agent.stop()
+        proc.stop()
+
+
 @pytest.fixture(scope="session")
 def server(database: Database, fake_upstream: FakeUpstream) -> Iterator[ServerProcess]:
     """The main server: keys for two projects, alice and bob."""
-    proc = ServerProcess(
+    with running_stack(
         database,
         fake_upstream.base_url,
-        env={
+        {
             "CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY},bob:{BOB_KEY}",
             "CLICKY_CHATS_MODEL_BACKOFF_S": "0.05",
             # Vector stores embed with the fake's bag-of-words model, so search ranks by shared words.
             "CLICKY_CHATS_EMBEDDING_MODEL": "fake-bow-embedder",
         },
-        with_agents=AGENTS_IN_SERVER,
-    ).start()
-    agent = None if AGENTS_IN_SERVER else AgentProcess(proc).start()
-    yield proc
-    if agent is not None:
-        agent.stop()
-    proc.stop()
+    ) as proc:
+        yield proc
 
 
 def make_client(server: ServerProcess, key: str = ALICE_KEY, tier: str = "/v1") -> openai.OpenAI:

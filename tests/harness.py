@@ -98,6 +98,22 @@ def _to_conninfo(dsn: str) -> str:
     return " ".join(parts)
 
 
+def read_log(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def stop_process(process: subprocess.Popen[bytes] | None) -> int | None:
+    """SIGTERM, as an operator would stop it; SIGKILL only if it has not stopped in 20 s."""
+    if process is None or process.poll() is not None:
+        return process.returncode if process else None
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(5)
+
+
 class ServerProcess:
     """`manage.py serve` in a subprocess with its own data dir, database and environment."""
 
@@ -162,17 +178,10 @@ class ServerProcess:
         raise RuntimeError(f"the server did not become healthy:\n{self.log()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def stop(self) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(5)
+        return stop_process(self.process)
 
 
 class AgentProcess:
@@ -204,18 +213,11 @@ class AgentProcess:
         raise RuntimeError(f"the agent did not start:\n{self.log()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def signal(self, signum: int) -> None:
         assert self.process is not None
         self.process.send_signal(signum)
 
     def stop(self) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(5)
+        return stop_process(self.process)

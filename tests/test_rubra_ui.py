@@ -32,9 +32,9 @@ import orjson
 import pytest
 import requests
 
-from tests.conftest import AGENTS_IN_SERVER
+from tests.conftest import running_stack
 from tests.fake_upstream import FakeUpstream, Reply
-from tests.harness import AgentProcess, Database, ServerProcess
+from tests.harness import Database, ServerProcess
 from tests.runs_support import answer, tool_call_answer, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -171,23 +171,18 @@ def tool_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def ui_server(database: Database, fake_upstream: FakeUpstream) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
+    with running_stack(
         database,
         fake_upstream.base_url,
-        env={
+        {
             "CLICKY_CHATS_API_KEYS": "",  # open mode: the raw calls carry no key
             "CLICKY_CHATS_DEFAULT_ASSISTANTS_VERSION": "v1",
             "CLICKY_CHATS_EMBEDDING_MODEL": "fake-bow-embedder",
             "CLICKY_CHATS_TOOL_ALLOWED_HOSTS": "127.0.0.1",  # the tool file is served on loopback
             "CLICKY_CHATS_MODEL_BACKOFF_S": "0.05",
         },
-        with_agents=AGENTS_IN_SERVER,
-    ).start()
-    agent = None if AGENTS_IN_SERVER else AgentProcess(proc).start()
-    yield proc
-    if agent is not None:
-        agent.stop()
-    proc.stop()
+    ) as proc:
+        yield proc
 
 
 @pytest.fixture

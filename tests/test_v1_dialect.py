@@ -27,9 +27,9 @@ import orjson
 import pytest
 import requests
 
-from tests.conftest import AGENTS_IN_SERVER, ALICE_KEY, make_client
+from tests.conftest import ALICE_KEY, make_client, running_stack
 from tests.fake_upstream import FakeUpstream, Reply
-from tests.harness import AgentProcess, Database, ServerProcess
+from tests.harness import Database, ServerProcess
 from tests.runs_support import MODEL, answer, tool_call_answer, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -627,21 +627,16 @@ def kra_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def kra_server(database: Database, fake_upstream: FakeUpstream, kra_url: str) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
+    with running_stack(
         database,
         fake_upstream.base_url,
-        env={
+        {
             "CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY}",
             "CLICKY_CHATS_KNOWLEDGE_RETRIEVAL_API_URL": kra_url,
             "CLICKY_CHATS_EMBEDDING_MODEL": "fake-bow-embedder",
         },
-        with_agents=AGENTS_IN_SERVER,
-    ).start()
-    agent = None if AGENTS_IN_SERVER else AgentProcess(proc).start()
-    yield proc
-    if agent is not None:
-        agent.stop()
-    proc.stop()
+    ) as proc:
+        yield proc
 
 
 def shell_json(server: ServerProcess, code: str) -> Any:

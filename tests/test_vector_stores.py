@@ -21,7 +21,7 @@ import pytest
 from openai.types import VectorStore
 from openai.types.vector_stores import VectorStoreFile
 
-from tests.conftest import AGENTS_IN_SERVER, ALICE_KEY, BOB_KEY, DB_KIND, make_client
+from tests.conftest import ALICE_KEY, BOB_KEY, DB_KIND, make_client, running_stack
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.harness import AgentProcess, Database, ServerProcess
 from tests.runs_support import api, assert_envelope, wait_until
@@ -573,21 +573,16 @@ def search_server(
         return
     if DB_KIND != "postgres":
         pytest.skip("the pgvector backend needs PostgreSQL (run with CLICKY_CHATS_TEST_DB=postgres)")
-    proc = ServerProcess(
+    with running_stack(
         database,
         fake_upstream.base_url,
-        env={
+        {
             "CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY},bob:{BOB_KEY}",
             "CLICKY_CHATS_EMBEDDING_MODEL": server.env["CLICKY_CHATS_EMBEDDING_MODEL"],
             "CLICKY_CHATS_SEARCH_BACKEND": "pgvector",
         },
-        with_agents=AGENTS_IN_SERVER,
-    ).start()
-    agent = None if AGENTS_IN_SERVER else AgentProcess(proc).start()
-    yield proc
-    if agent is not None:
-        agent.stop()
-    proc.stop()
+    ) as proc:
+        yield proc
 
 
 @pytest.fixture
