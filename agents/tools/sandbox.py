@@ -14,9 +14,11 @@ import re
 import shlex
 import shutil
 import signal
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import IO
 
 from clicky_chats.config import ConfigError, env_bool, env_float, env_int, env_str, env_url
 
@@ -174,54 +176,44 @@ async def run_command(
     *,
     env: dict[str, str],
     workdir: str,
-    stdin: bytes = b"",
     limits: Limits | None = None,
 ) -> CommandResult:
+    """Runs argv under the limits; its stdin is empty (a tool gets its input from its arguments).
+
+    Spawned by the standard library, not the event loop: uvloop's children inherit duplicates of
+    their stdout and stderr, so anything a tool left in the background held the pipes open. Once
+    the tool exits (or times out) its whole process group is killed, background work included."""
     limits = limits or Limits.from_env()
     argv = _with_limits(argv, limits)
     if sandbox_mode() == "bwrap":
         argv = _wrap_bwrap(argv, workdir)
-    process = await asyncio.create_subprocess_exec(
-        *argv,
+    process = subprocess.Popen(  # noqa: ASYNC220 - a quick fork and exec; the waiting is async below
+        argv,
         cwd=workdir,
         env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         start_new_session=True,
+        close_fds=True,
     )
-    cap = limits.output_bytes
-
-    async def read_capped(stream: asyncio.StreamReader) -> tuple[bytes, bool]:
-        data = b""
-        truncated = False
-        while chunk := await stream.read(65536):
-            room = cap - len(data)
-            if len(chunk) > room:
-                truncated = True  # keep draining, so the child never blocks on a full pipe
-            if room > 0:
-                data += chunk[:room]
-        return data, truncated
-
-    async def communicate() -> tuple[tuple[bytes, bool], tuple[bytes, bool]]:
-        assert process.stdin is not None and process.stdout is not None and process.stderr is not None
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            process.stdin.write(stdin)
-            await process.stdin.drain()
-            process.stdin.close()
-        out, err = await asyncio.gather(read_capped(process.stdout), read_capped(process.stderr))
-        await process.wait()
-        return out, err
-
+    assert process.stdout is not None and process.stderr is not None
+    readers = asyncio.gather(
+        _read_capped(process.stdout, limits.output_bytes), _read_capped(process.stderr, limits.output_bytes)
+    )
+    timed_out = False
     try:
-        (out, out_cut), (err, _) = await asyncio.wait_for(communicate(), limits.timeout_s)
-    except TimeoutError:
-        _kill_group(process.pid)
-        await process.wait()
+        try:
+            await asyncio.wait_for(_exited(process), limits.timeout_s)
+        except TimeoutError:
+            timed_out = True
+    finally:
+        _kill_group(process.pid)  # whatever it left running goes with it, and the pipes close
+        if process.poll() is None:
+            process.wait()  # killed: at once
+    (out, out_cut), (err, _) = await readers
+    if timed_out:
         return CommandResult(None, "", "", timed_out=True, timeout_s=limits.timeout_s)
-    except asyncio.CancelledError:
-        _kill_group(process.pid)
-        raise
     exit_code = process.returncode
     stderr = err.decode("utf-8", "replace")
     if exit_code is not None and exit_code < 0:
@@ -229,6 +221,46 @@ async def run_command(
     return CommandResult(
         exit_code, out.decode("utf-8", "ignore"), stderr, truncated=out_cut, output_bytes=limits.output_bytes
     )
+
+
+async def _read_capped(pipe: IO[bytes], cap: int) -> tuple[bytes, bool]:
+    """All of a pipe up to `cap` bytes, and whether there was more. It keeps draining past the cap,
+    so the child never blocks on a full pipe."""
+    loop = asyncio.get_running_loop()
+    stream = asyncio.StreamReader()
+    transport, _protocol = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), pipe)
+    data = b""
+    truncated = False
+    try:
+        while chunk := await stream.read(65536):
+            room = cap - len(data)
+            if len(chunk) > room:
+                truncated = True
+            if room > 0:
+                data += chunk[:room]
+    finally:
+        transport.close()
+    return data, truncated
+
+
+async def _exited(process: subprocess.Popen[bytes]) -> None:
+    """Waits for the process to exit without a thread: a pidfd wakes the loop when it does."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # no pidfds here (old kernel): look every 20 ms
+        while process.poll() is None:  # noqa: ASYNC110 - nothing else to wait on
+            await asyncio.sleep(0.02)
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+    try:
+        if process.poll() is None:
+            await done
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    process.poll()  # reaps it, and sets returncode
 
 
 def _kill_group(pid: int) -> None:
