@@ -169,6 +169,13 @@ def test_a_command_sees_no_secret(guarded: ServerProcess, fake_upstream: FakeUps
         assert secret not in output
 
 
+def test_a_command_inherits_no_open_files_of_the_server(guarded: ServerProcess) -> None:
+    # Only its stdin, stdout and stderr (and the directory listdir itself opens): none of the
+    # server's sockets or database files, nor spare copies of its own pipes.
+    lister = "Name: fds\n\n#!python3 -c 'import os; print(sorted(int(fd) for fd in os.listdir(\"/proc/self/fd\")))'\n"
+    assert run_tool(guarded, lister)["output"] == "[0, 1, 2, 3]\n"
+
+
 def test_a_command_runs_in_a_fresh_directory_that_is_removed(guarded: ServerProcess) -> None:
     script = 'Name: where\n\n#!/bin/sh\npwd\nls -A | tr "\\n" " "\necho\necho leftover > note.txt\n'
     first = run_tool(guarded, script)["output"].split("\n")
@@ -192,13 +199,25 @@ def test_a_command_that_never_ends_is_stopped_at_the_timeout(guarded: ServerProc
     assert elapsed < 15
 
 
+def survivors(marker: str) -> str:
+    found = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True, check=False)
+    return found.stdout.strip()
+
+
 def test_a_stopped_command_takes_its_children_with_it(guarded: ServerProcess) -> None:
     marker = "613.25"  # a sleep length no other process on this machine uses
     result = run_tool(guarded, f"Name: forker\n\n#!/bin/sh\nsleep {marker} &\nsleep {marker}\n")
     assert "longer than 2 s" in result["output"]
     time.sleep(0.5)
-    survivors = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True, check=False)
-    assert survivors.stdout.strip() == ""
+    assert survivors(marker) == ""
+
+
+def test_a_finished_command_leaves_nothing_running(guarded: ServerProcess) -> None:
+    marker = "614.75"
+    result = run_tool(guarded, f"Name: daemon\n\n#!/bin/sh\nsleep {marker} > /dev/null 2>&1 &\necho started\n")
+    assert result["output"] == "started\n"
+    time.sleep(0.5)
+    assert survivors(marker) == ""
 
 
 def test_a_command_that_takes_too_much_memory_fails(guarded: ServerProcess) -> None:
