@@ -8,7 +8,8 @@ from django.urls import path
 from api_rubrax import views
 
 TOOLS = views.ToolViewSet.as_view({"get": "list", "post": "create"})
-TOOL = views.ToolViewSet.as_view({"get": "retrieve", "post": "update", "delete": "destroy"})
+# PUT as well as POST: the Rubra UI's (unused) edit route sends PUT.
+TOOL = views.ToolViewSet.as_view({"get": "retrieve", "post": "update", "put": "update", "delete": "destroy"})
 INSPECT = views.ToolViewSet.as_view({"post": "inspect"})
 THREADS = views.ThreadListViewSet.as_view({"get": "list"})
 

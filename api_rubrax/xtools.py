@@ -95,6 +95,10 @@ def _mcp_fields(body: dict[str, Any]) -> dict[str, Any]:
         tools = async_to_sync(mcp_client.list_tools)(body["server_url"], body.get("allowed_tools"))
     except (mcp_client.McpError, outbound.OutboundRefused) as exc:
         raise v.invalid("server_url", str(exc)) from None
+    found = {tool["name"] for tool in tools}
+    for index, name in enumerate(body.get("allowed_tools") or []):
+        if name not in found:
+            raise v.invalid(f"allowed_tools[{index}]", f"the MCP server at {body['server_url']} has no tool {name!r}.")
     label = body.get("server_label") or re.sub(r"[^A-Za-z0-9_-]", "_", body["server_url"].split("//", 1)[-1])[:64]
     return {
         "name": label,
