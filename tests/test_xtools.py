@@ -274,6 +274,11 @@ def test_run_an_mcp_tool(tools_server: ServerProcess, mcp_site: McpSite) -> None
     limited = xapi(tools_server, "POST", f"tools/{made['id']}", {"allowed_tools": ["ping"]})
     assert limited.status_code == 200 and limited.json()["allowed_tools"] == ["ping"]
     assert "1 tools" in limited.json()["description"]
+    unknown = xapi(
+        tools_server, "POST", "tools", {"type": "mcp", "server_url": mcp_site.url, "allowed_tools": ["ping", "pong"]}
+    )
+    error = assert_envelope(unknown, 400)
+    assert error["param"] == "allowed_tools[1]" and "no tool 'pong'" in error["message"]
 
 
 def test_a_tool_run_that_needs_confirmation(tools_server: ServerProcess) -> None:
@@ -337,6 +342,8 @@ def test_the_flat_x_tools_paths(tools_server: ServerProcess, site: Site) -> None
     assert flat(tools_server, "POST", f"x-tools/{tool['id']}", {"requires_confirmation": True}).json()[
         "requires_confirmation"
     ]
+    put = flat(tools_server, "PUT", f"x-tools/{tool['id']}", {"env_vars": ["K=2"]})  # the UI's edit route uses PUT
+    assert put.status_code == 200 and put.json()["env_vars"] == ["K=2"]
     assert flat(tools_server, "POST", "x-tools/inspect", {"contents": ECHO}).json()["entry"] == "echo"
     ran = flat(tools_server, "POST", "x-tools/run", {"contents": ECHO, "input": {"input": "flat run"}})
     assert ran.json()["output"] == "flat run"
