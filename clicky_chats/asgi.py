@@ -31,12 +31,14 @@ async def _lifespan(receive: Any, send: Any) -> None:
 
     from agents.loop import AgentLoop
     from clicky_chats import auth
+    from clicky_chats.asgi_handler import load_and_freeze
     from clicky_chats.config import env_bool
 
     agents: AgentLoop | None = None
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            load_and_freeze()
             if not settings.CONFIG.api_keys:
                 api_is_open = await asyncio.to_thread(auth.KeyRing().refresh_open_mode)
                 if api_is_open:
