@@ -27,7 +27,7 @@ from django.db.models import Q
 from django.http import FileResponse, HttpRequest
 from django.utils.http import content_disposition_header
 
-from api_v1.models import File, Upload, UploadPart
+from api_v1.models import File, Upload, UploadPart, VectorStoreFile
 from clicky_chats import validation as v
 from clicky_chats.errors import ApiError, not_found
 from clicky_chats.ids import new_id, now_ns, now_seconds
@@ -430,8 +430,16 @@ def file_delete(project: str, file_id: str) -> None:
     and their chunks, cascade from File)."""
     with transaction.atomic():
         found = get_file(project, file_id)
+        _lock_store_files([found.pk])
         forget_after_commit([found.storage_name])
         found.delete()
+
+
+def _lock_store_files(file_ids: list[str]) -> None:
+    """Waits for any agent writing chunks of these files (it holds its store file's row) to finish;
+    its later writes then find the file gone. Without this a chunk committed between the cascade's
+    steps breaks the delete on PostgreSQL."""
+    list(VectorStoreFile.objects.select_for_update().filter(file_id__in=file_ids).values_list("pk", flat=True))
 
 
 def purge_expired(project: str) -> None:
@@ -440,6 +448,7 @@ def purge_expired(project: str) -> None:
     expired_ids = list(scoped(File, project).filter(expires_at__lte=now).values_list("pk", flat=True)[:PURGE_BATCH])
     if expired_ids:
         with transaction.atomic():
+            _lock_store_files(expired_ids)
             doomed = File.objects.filter(pk__in=expired_ids, expires_at__lte=now)
             forget_after_commit(list(doomed.values_list("storage_name", flat=True)))
             doomed.delete()
