@@ -21,31 +21,23 @@ from aiohttp import web
 from mcp.server.mcpserver import MCPServer
 from pydantic import BaseModel, Field
 
-from tests.conftest import ALICE_KEY, BOB_KEY, DB_KIND
+from tests.conftest import ALICE_KEY, BOB_KEY, running_stack
 from tests.fake_upstream import FakeUpstream
-from tests.harness import AgentProcess, Database, ServerProcess, free_port
+from tests.harness import Database, ServerProcess, free_port
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @contextmanager
 def tool_server(database: Database, fake: FakeUpstream, env: dict[str, str]) -> Iterator[ServerProcess]:
-    """A server with alice's and bob's keys and `env`; its runs are driven by agents inside it on
-    SQLite and by a separate `runagent` on PostgreSQL, as the main test server does."""
-    in_server = DB_KIND != "postgres"
+    """A server with alice's and bob's keys and `env`, its agents run as the suite runs them."""
     settings = {
         "CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY},bob:{BOB_KEY}",
         "CLICKY_CHATS_MODEL_BACKOFF_S": "0.05",
         **env,
     }
-    server = ServerProcess(database, fake.base_url, env=settings, with_agents=in_server).start()
-    agent = None if in_server else AgentProcess(server).start()
-    try:
+    with running_stack(database, fake.base_url, settings) as server:
         yield server
-    finally:
-        if agent is not None:
-            agent.stop()
-        server.stop()
 
 
 def xapi(
