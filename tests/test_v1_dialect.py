@@ -663,12 +663,11 @@ def test_the_knowledge_retrieval_api_ingests_and_searches_in_search_stores_shape
         # The agents ingested each file through the KRA (it chunks and embeds on its own).
         dataset = store_id.lower()
         ingested = [payload for method, path, payload in FakeKra.calls if path.endswith("/ingest")]
-        assert sorted((p["file_id"], p["filename"], base64.b64decode(p["content"])) for p in ingested) == sorted(
-            [
-                (handbook, "handbook.md", HANDBOOK),
-                (recipes, "recipes.md", RECIPES),
-            ]
-        )
+        # A set: ingestion is at least once (a file whose lease ran out on a loaded machine goes again).
+        assert {(p["file_id"], p["filename"], base64.b64decode(p["content"])) for p in ingested} == {
+            (handbook, "handbook.md", HANDBOOK),
+            (recipes, "recipes.md", RECIPES),
+        }
         assert ("POST", "/v1/datasets/create", {"id": dataset, "embed_dim": 0}) in FakeKra.calls
 
         def search(query: str) -> dict[str, Any]:
