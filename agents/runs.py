@@ -311,6 +311,16 @@ def run_release(run_id: str, fence: int) -> None:
 # --- client actions ----------------------------------------------------------------------------
 
 
+def open_tool_step(run: Run) -> RunStep | None:
+    """The run's newest tool_calls step still in progress, locked (call with the run locked)."""
+    return (
+        RunStep.objects.select_for_update()
+        .filter(run=run, type="tool_calls", status="in_progress")
+        .order_by("-created_ns")
+        .first()
+    )
+
+
 def run_submit_tool_outputs(project: str, thread_id: str, run_id: str, body: dict[str, Any]) -> tuple[Run, int]:
     """Records one output per pending call and queues the run again. Returns the run and the
     index of the first event this submission adds (where its stream starts)."""
@@ -341,12 +351,7 @@ def run_submit_tool_outputs(project: str, thread_id: str, run_id: str, body: dic
             )
         start = run.next_event_index
         now = now_seconds()
-        step = (
-            RunStep.objects.select_for_update()
-            .filter(run=run, type="tool_calls", status="in_progress")
-            .order_by("-created_ns")
-            .first()
-        )
+        step = open_tool_step(run)
         if step is not None:
             calls = step.step_details.get("tool_calls", [])
             for call in calls:
@@ -378,12 +383,7 @@ def run_confirm(project: str, thread_id: str, run_id: str, body: dict[str, Any])
             raise ApiError(f"Run {run_id} is not waiting for a confirmation (status '{run.status}').", param="run_id")
         if decision["tool_call_id"] != waiting.get("id"):
             raise v.invalid("confirmation.tool_call_id", f"the run waits on tool call '{waiting.get('id')}'.")
-        step = (
-            RunStep.objects.select_for_update()
-            .filter(run=run, type="tool_calls", status="in_progress")
-            .order_by("-created_ns")
-            .first()
-        )
+        step = open_tool_step(run)
         if step is not None:
             for call in step.step_details.get("tool_calls", []):
                 if call.get("id") == waiting["id"]:

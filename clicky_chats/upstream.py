@@ -155,13 +155,18 @@ class UpstreamFailed(ApiError):
         return self.relayed
 
 
-async def error_response(upstream: aiohttp.ClientResponse) -> HttpResponse:
+async def read_body(upstream: aiohttp.ClientResponse) -> bytes:
+    """The whole body, the connection back in the pool; a broken or silent upstream is 502/504."""
     try:
-        raw = await upstream.read()
+        return await upstream.read()
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise unreachable(exc) from None
     finally:
         upstream.release()
+
+
+async def error_response(upstream: aiohttp.ClientResponse) -> HttpResponse:
+    raw = await read_body(upstream)
     if upstream.status == 401:
         # The client's key was fine; ours was not. Relayed, a 401 would make the SDK blame the
         # client's key, and OpenAI's message quotes part of ours.
@@ -187,12 +192,7 @@ async def error_response(upstream: aiohttp.ClientResponse) -> HttpResponse:
 
 async def read_json_answer(upstream: aiohttp.ClientResponse) -> tuple[bytes, dict[str, Any]]:
     """The raw bytes and parsed object of a successful JSON answer; garbage is a 502."""
-    try:
-        raw = await upstream.read()
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        raise unreachable(exc) from None
-    finally:
-        upstream.release()
+    raw = await read_body(upstream)
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
