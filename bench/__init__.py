@@ -1,0 +1,1 @@
+"""Benchmarks that start the real stack on loopback and measure it from the client side."""
