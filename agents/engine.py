@@ -131,6 +131,7 @@ async def _advance(run_id: str, fence: int, attempts: int) -> None:
         )
         return
     continuing = False
+    tools: dict[str, toolbox.ServerTool] | None = None
     while True:
         turn = await db(progress.begin, run_id, fence, continuing=continuing)
         continuing = True
@@ -139,7 +140,8 @@ async def _advance(run_id: str, fence: int, attempts: int) -> None:
             return
         if turn.status in Run.TERMINAL:
             return
-        tools = await toolbox.build(turn.toolbox_inputs)
+        if tools is None:  # once per claim: an MCP server's tool list is not fetched every turn
+            tools = await toolbox.build(turn.toolbox_inputs)
         if turn.pending_step_id is not None:
             # The model asked for server-side tools: run them, then ask the model again.
             if await _run_server_calls(run_id, fence, turn.pending_step_id, tools) != "continue":

@@ -102,6 +102,8 @@ class Recorded:
     headers: dict[str, str]
     body: bytes
     query: dict[str, str]
+    # When the request arrived (time.monotonic), for benchmarks that time the gaps between calls.
+    at: float = field(default_factory=time.monotonic)
 
     def json(self) -> Any:
         return orjson.loads(self.body)
