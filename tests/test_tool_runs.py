@@ -21,23 +21,11 @@ from tests.conftest import ALICE_KEY, BOB_KEY, make_client
 from tests.fake_upstream import FakeUpstream, Reply, chat_completion
 from tests.harness import Database, ServerProcess, free_port
 from tests.runs_support import MODEL, POLL_MS, RunKit, answer, tool_call_answer
-from tests.tools_support import McpSite, Site, read_sse, sse_get, tool_server, wait_for, xapi
+from tests.tools_support import McpSite, Site, mcp_site, read_sse, site, sse_get, tool_server, wait_for, xapi
+
+__all__ = ["mcp_site", "site"]  # fixtures, imported for pytest
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK marks Assistants deprecated
-
-
-@pytest.fixture(scope="module")
-def site() -> Iterator[Site]:
-    made = Site().start()
-    yield made
-    made.stop()
-
-
-@pytest.fixture(scope="module")
-def mcp_site() -> Iterator[McpSite]:
-    made = McpSite().start()
-    yield made
-    made.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,26 +17,14 @@ from tests.conftest import ALICE_KEY, BOB_KEY, make_client
 from tests.fake_upstream import FakeUpstream, Reply, chat_completion
 from tests.harness import Database, ServerProcess, free_port
 from tests.runs_support import MODEL, assert_envelope
-from tests.tools_support import McpSite, Site, read_sse, tool_server, xapi
+from tests.tools_support import McpSite, Site, mcp_site, read_sse, site, tool_server, xapi
+
+__all__ = ["mcp_site", "site"]  # fixtures, imported for pytest
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 ECHO = "Name: echo\nDescription: Repeats the input\n\n#!sys.echo\n"
 ENV_PRINTER = 'Name: show-token\nDescription: Prints its token\n\n#!/bin/sh\nprintf "%s" "$TOKEN"\n'
-
-
-@pytest.fixture(scope="module")
-def site() -> Iterator[Site]:
-    made = Site().start()
-    yield made
-    made.stop()
-
-
-@pytest.fixture(scope="module")
-def mcp_site() -> Iterator[McpSite]:
-    made = McpSite().start()
-    yield made
-    made.stop()
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
+import pytest
 import requests
 import uvicorn
 from aiohttp import web
@@ -211,3 +212,20 @@ class McpSite:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+# --- fixtures the tool test modules share (imported there for pytest) ------------------------------
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    made = Site().start()
+    yield made
+    made.stop()
+
+
+@pytest.fixture(scope="module")
+def mcp_site() -> Iterator[McpSite]:
+    made = McpSite().start()
+    yield made
+    made.stop()
