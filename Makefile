@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.run-installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: run test test-sqlite test-postgres lint bench install
+.PHONY: run test test-sqlite test-postgres lint bench bench-runs install
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,7 @@ test-postgres: $(TEST_STAMP)
 
 bench: $(TEST_STAMP)
 	$(PY) -m bench.chat_proxy
+
+# The run engine: overhead, first delta, throughput over 1 and 2 agents, writes per answer (~3.5 min quiet).
+bench-runs: $(TEST_STAMP)
+	$(PY) -m bench.runs
