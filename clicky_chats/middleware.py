@@ -221,5 +221,3 @@ def _finish(response: HttpResponseBase, request_id: str) -> HttpResponseBase:
     response["x-request-id"] = request_id
     return response
 
-
-AsyncHandler = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
