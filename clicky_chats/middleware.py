@@ -220,4 +220,3 @@ def _start(request: HttpRequest) -> str:
 def _finish(response: HttpResponseBase, request_id: str) -> HttpResponseBase:
     response["x-request-id"] = request_id
     return response
-
