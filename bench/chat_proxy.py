@@ -396,8 +396,13 @@ class NoiseMeter:
 # --- the processes under test -------------------------------------------------------------------
 
 
-class FakeUpstreamProcess:
-    def __init__(self, cpus: set[int] | None) -> None:
+class FakeProcess:
+    """tests/fake_upstream.py as its own process, with its latency and its default stream's shape
+    (pinned to `cpus` when given). Shared by the benchmarks."""
+
+    def __init__(
+        self, latency_ms: float, *, interval_ms: float = 0.0, words: int = 0, cpus: set[int] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log = tempfile.NamedTemporaryFile(prefix="bench-fake-upstream-", suffix=".log", delete=False)
@@ -408,21 +413,25 @@ class FakeUpstreamProcess:
             "--port",
             str(self.port),
             "--latency-ms",
-            f"{UPSTREAM_LATENCY_MS:g}",
+            f"{latency_ms:g}",
             "--stream-interval-ms",
-            f"{STREAM_INTERVAL_MS:g}",
+            f"{interval_ms:g}",
+            "--stream-words",
+            str(words),
             "--no-record",
         ]
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         if cpus:
             pin_tree(self.process.pid, cpus)
+
+    def wait_ready(self) -> FakeProcess:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the fake upstream exited with {self.process.returncode}")
             try:
                 if requests.get(self.url + "/models", timeout=1).status_code == 200:
-                    return
+                    return self
             except requests.RequestException:
                 time.sleep(0.05)
         raise RuntimeError("the fake upstream did not start")
@@ -437,7 +446,7 @@ class FakeUpstreamProcess:
         os.unlink(self.log.name)
 
 
-def start_server(database: Database, upstream: FakeUpstreamProcess, workers: int) -> ServerProcess:
+def start_server(database: Database, upstream: FakeProcess, workers: int) -> ServerProcess:
     # --with-agents as in `make run`: the idle agent loop is part of what a deployment runs.
     return ServerProcess(
         database, upstream.url, env={"CLICKY_CHATS_API_KEYS": f"bench:{BENCH_KEY}"}, workers=workers
@@ -714,7 +723,7 @@ def run(plan: Plan, pin: bool) -> dict[str, Any]:
     }
     began = time.monotonic()
     database = Database("sqlite").start()
-    upstream = FakeUpstreamProcess(cpus={0} if pin else None)
+    upstream = FakeProcess(UPSTREAM_LATENCY_MS, interval_ms=STREAM_INTERVAL_MS, cpus={0} if pin else None).wait_ready()
     direct = Target("direct", "127.0.0.1", upstream.port)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)

@@ -35,9 +35,7 @@ import gc
 import os
 import random
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,8 +48,8 @@ import psycopg
 import requests
 import uvloop
 
-from bench.chat_proxy import Connection, Exchange, NoiseMeter, machine_info, percentile, summary
-from tests.harness import ROOT, AgentProcess, Database, ServerProcess, _to_conninfo, free_port
+from bench.chat_proxy import Connection, Exchange, FakeProcess, NoiseMeter, machine_info, percentile, summary
+from tests.harness import ROOT, AgentProcess, Database, ServerProcess, _to_conninfo
 
 BENCH_KEY = "sk-bench-runs"
 RESULTS_PATH = ROOT / "bench" / "results" / "runs.json"
@@ -172,51 +170,6 @@ def first_content_ms(exchange: Exchange) -> float:
 
 
 # --- processes ----------------------------------------------------------------------------------
-
-
-class FakeProcess:
-    """tests/fake_upstream.py as its own process, with its latency and its default stream's shape."""
-
-    def __init__(self, latency_ms: float, *, interval_ms: float = 0.0, words: int = 0) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.log = tempfile.NamedTemporaryFile(prefix="bench-runs-fake-", suffix=".log", delete=False)
-        command = [
-            sys.executable,
-            "-m",
-            "tests.fake_upstream",
-            "--port",
-            str(self.port),
-            "--latency-ms",
-            f"{latency_ms:g}",
-            "--stream-interval-ms",
-            f"{interval_ms:g}",
-            "--stream-words",
-            str(words),
-            "--no-record",
-        ]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self) -> FakeProcess:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the fake upstream exited with {self.process.returncode}")
-            try:
-                if requests.get(self.url + "/models", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                time.sleep(0.05)
-        raise RuntimeError("the fake upstream did not start")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
-        os.unlink(self.log.name)
 
 
 def start_server(database: Database, upstream: FakeProcess, *, with_agents: bool) -> ServerProcess:
