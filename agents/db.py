@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import InterfaceError, OperationalError, close_old_connections, connection
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
 
 log = logging.getLogger("clicky_chats.agents")
 
@@ -18,6 +18,19 @@ T = TypeVar("T")
 
 # How long an agent keeps trying while the database is away (a restart, a failover).
 RECONNECT_FOR_S = 60.0
+
+# PostgreSQL ending our session for a stalled transaction (25P03) arrives as an InternalError, not
+# an OperationalError, yet the connection is just as gone: reconnect and retry like any other loss.
+_SESSION_ENDED_SQLSTATES = frozenset({"25P03"})
+
+
+def _connection_lost(exc: DatabaseError) -> bool:
+    """True when `exc` means the connection is gone (retry on a new one), not that the SQL failed."""
+    if connection.vendor == "sqlite":
+        return isinstance(exc, OperationalError) and "locked" in str(exc)
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return getattr(exc.__cause__, "sqlstate", None) in _SESSION_ENDED_SQLSTATES
 
 
 def _reset_connection() -> None:
@@ -66,10 +79,8 @@ async def db(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     while True:
         try:
             return await call(*args, **kwargs)
-        except (OperationalError, InterfaceError) as exc:
-            if connection.vendor == "sqlite" and "locked" not in str(exc):
-                raise
-            if waited >= RECONNECT_FOR_S:
+        except DatabaseError as exc:
+            if not _connection_lost(exc) or waited >= RECONNECT_FOR_S:
                 raise
             log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
             await sync_to_async(_reset_connection, thread_sensitive=True)()

@@ -421,6 +421,9 @@ def test_an_agent_paused_holding_the_run_row_lock_does_not_lock_its_successor_ou
     assert_one_answer(fault_client, thread_id, run.id, "The second agent's answer.")
     wait_for(lambda: f"run {run.id}: lease lost" in paused.log(), 15, "the paused agent to notice its lost lease")
     assert paused.process is not None and paused.process.poll() is None, paused.log()
+    # However PostgreSQL's ending of the stalled session reaches it (a closed socket, or the 25P03
+    # error first), the agent reconnects and is refused by the fence: no crash, no traceback.
+    assert "Traceback" not in paused.log()
 
 
 # --- 3. the upstream dies mid-answer ------------------------------------------------------------
