@@ -284,8 +284,18 @@ class FakeUpstream:
     def stop(self) -> None:
         if self._loop is None:
             return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(5)  # type: ignore[union-attr]
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
+
+    async def _shutdown(self) -> None:
+        """Closes the site, then ends the handlers still running (a scripted hang sleeps an hour), so
+        none is left pending when the loop stops."""
+        assert self._runner is not None
+        await self._runner.cleanup()
+        running = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.match_info["path"].strip("/")
@@ -334,7 +344,10 @@ class FakeUpstream:
                 if reply.done:
                     await response.write(b"data: [DONE]\n\n")
                 await response.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the client went away: counted, not an error of ours
+            self.disconnects += 1
+            return response
+        except asyncio.CancelledError:
             self.disconnects += 1
             raise
         if len(chunks) < len(reply.chunks):
