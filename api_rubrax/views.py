@@ -26,6 +26,8 @@ from clicky_chats.views import api_endpoint, json_ok
 
 
 class ToolViewSet(viewsets.ViewSet):
+    schema = None  # described by clicky_chats/schema.py's table
+
     def list(self, request: Request) -> Response:
         return Response(paginate(scoped(XTool, request.project), page_params(request.query_params), xtools.render_tool))
 
@@ -48,6 +50,8 @@ class ToolViewSet(viewsets.ViewSet):
 
 class ThreadListViewSet(viewsets.ViewSet):
     """Every thread of the project, newest first: the OpenAI API has no thread list."""
+
+    schema = None  # described by clicky_chats/schema.py's table
 
     def list(self, request: Request) -> Response:
         page = paginate(scoped(Thread, request.project), page_params(request.query_params), render.thread)

@@ -65,6 +65,41 @@ def check_no_nul(body: Any) -> None:
             pending.extend((item, f"{path}[{index}]") for index, item in enumerate(value))
 
 
+def described(rule: Rule, json_schema: dict[str, Any]) -> Rule:
+    """Attaches the JSON Schema of what `rule` accepts, which the OpenAPI description
+    (clicky_chats/schema.py) reads, so the published schema cannot drift from the checks."""
+    rule.json_schema = json_schema  # type: ignore[attr-defined]
+    return rule
+
+
+def schema_of(rule: Rule) -> dict[str, Any]:
+    """What a rule accepts as JSON Schema; `{}` (anything) for a rule nobody described."""
+    return dict(getattr(rule, "json_schema", {}))
+
+
+def nullable(json_schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema, or JSON null (which `check` treats as not given)."""
+    kind = json_schema.get("type")
+    if isinstance(kind, str) and "enum" not in json_schema:
+        return {**json_schema, "type": [kind, "null"]}
+    return {"anyOf": [json_schema, {"type": "null"}]}
+
+
+def body_schema(rules: dict[str, Rule], *, required: Iterable[str] = ()) -> dict[str, Any]:
+    """The JSON Schema of a body `check(body, rules, required=...)` accepts: unknown fields are
+    allowed, and a field that is not required may be null."""
+    needed = list(required)
+    properties = {
+        name: schema_of(rule) if name in needed else nullable(schema_of(rule)) for name, rule in rules.items()
+    }
+    for name in needed:
+        properties.setdefault(name, {})
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if needed:
+        schema["required"] = needed
+    return schema
+
+
 def check(body: dict[str, Any], rules: dict[str, Rule], *, required: Iterable[str] = (), prefix: str = "") -> None:
     """Checks the known fields of `body`; `prefix` names where the body sits (e.g. "messages[0].")."""
     for name in required:
@@ -93,7 +128,14 @@ def string(*, enum: Iterable[str] | None = None, nonempty: bool = False, max_len
         if allowed is not None and value not in allowed:
             raise invalid(name, f"'{value}' is not one of {', '.join(repr(a) for a in allowed)}.")
 
-    return rule
+    json_schema: dict[str, Any] = {"type": "string"}
+    if nonempty:
+        json_schema["minLength"] = 1
+    if max_length is not None:
+        json_schema["maxLength"] = max_length
+    if allowed is not None:
+        json_schema["enum"] = list(allowed)
+    return described(rule, json_schema)
 
 
 def number(*, minimum: float | None = None, maximum: float | None = None, integer: bool = False) -> Rule:
@@ -110,7 +152,12 @@ def number(*, minimum: float | None = None, maximum: float | None = None, intege
         if maximum is not None and value > maximum:
             raise invalid(name, f"{value} is above the maximum of {maximum}.")
 
-    return rule
+    json_schema: dict[str, Any] = {"type": "integer" if integer else "number"}
+    if minimum is not None:
+        json_schema["minimum"] = minimum
+    if maximum is not None:
+        json_schema["maximum"] = maximum
+    return described(rule, json_schema)
 
 
 def integer(*, minimum: int | None = None, maximum: int | None = None) -> Rule:
@@ -122,7 +169,7 @@ def boolean() -> Rule:
         if not isinstance(value, bool):
             raise invalid(name, "expected a boolean.", "invalid_type")
 
-    return rule
+    return described(rule, {"type": "boolean"})
 
 
 def obj() -> Rule:
@@ -130,7 +177,7 @@ def obj() -> Rule:
         if not isinstance(value, dict):
             raise invalid(name, "expected an object.", "invalid_type")
 
-    return rule
+    return described(rule, {"type": "object"})
 
 
 def array(*, min_items: int = 0, max_items: int | None = None, items: Rule | None = None) -> Rule:
@@ -147,7 +194,14 @@ def array(*, min_items: int = 0, max_items: int | None = None, items: Rule | Non
             for index, item in enumerate(value):
                 items(item, f"{name}[{index}]")
 
-    return rule
+    json_schema: dict[str, Any] = {"type": "array"}
+    if min_items:
+        json_schema["minItems"] = min_items
+    if max_items is not None:
+        json_schema["maxItems"] = max_items
+    if items is not None:
+        json_schema["items"] = schema_of(items)
+    return described(rule, json_schema)
 
 
 def any_of(*rules: Rule, expected: str) -> Rule:
@@ -160,7 +214,7 @@ def any_of(*rules: Rule, expected: str) -> Rule:
                 continue
         raise invalid(name, f"expected {expected}.", "invalid_type")
 
-    return rule
+    return described(rule, {"anyOf": [schema_of(candidate) for candidate in rules]})
 
 
 def metadata() -> Rule:
@@ -177,4 +231,12 @@ def metadata() -> Rule:
             if len(item) > METADATA_MAX_VALUE:
                 raise invalid(f"{name}.{key}", f"values are at most {METADATA_MAX_VALUE} characters.")
 
-    return rule
+    return described(
+        rule,
+        {
+            "type": "object",
+            "maxProperties": METADATA_MAX_PAIRS,
+            "propertyNames": {"maxLength": METADATA_MAX_KEY},
+            "additionalProperties": {"type": "string", "maxLength": METADATA_MAX_VALUE},
+        },
+    )
