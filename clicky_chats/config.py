@@ -158,6 +158,7 @@ class Config:
     search_backend: str
     search_cache_mb: int
     default_assistants_version: str
+    idempotency_ttl_s: int
 
 
 def load_secret_key(data_dir: Path) -> str:
@@ -235,4 +236,6 @@ def load() -> Config:
         search_backend=parse_search_backend(env_str("CLICKY_CHATS_SEARCH_BACKEND", "numpy"), dsn),
         search_cache_mb=env_int("CLICKY_CHATS_SEARCH_CACHE_MB", 1024, minimum=0),
         default_assistants_version=parse_assistants_version(env_str("CLICKY_CHATS_DEFAULT_ASSISTANTS_VERSION", "v2")),
+        # How long a POST's Idempotency-Key and its stored answer are kept (clicky_chats/idempotency.py).
+        idempotency_ttl_s=env_int("CLICKY_CHATS_IDEMPOTENCY_TTL_S", 24 * 60 * 60, minimum=1),
     )

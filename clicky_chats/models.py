@@ -33,3 +33,34 @@ class ProjectObject(models.Model):
 
     class Meta:
         abstract = True
+
+
+class IdempotencyKey(models.Model):
+    """A POST's `Idempotency-Key` (draft-ietf-httpapi-idempotency-key-header): claimed by inserting
+    this row, so the unique constraint decides which of two racing requests runs; the answer is
+    kept for the repeats. See clicky_chats/idempotency.py."""
+
+    IN_FLIGHT = "in_flight"
+    DONE = "done"
+    STATES = [(IN_FLIGHT, "in flight"), (DONE, "done")]
+
+    project = models.CharField(max_length=64)
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=8)
+    path = models.CharField(max_length=512)
+    # SHA-256 of the query string and the body: the same key with another payload is refused.
+    fingerprint = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=STATES, default=IN_FLIGHT)
+    created_at = models.DateTimeField(db_index=True)
+    response_status = models.PositiveSmallIntegerField(null=True)
+    response_content_type = models.CharField(max_length=255, blank=True, default="")
+    response_headers = models.JSONField(default=dict)
+    response_body = models.BinaryField(null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "key", "method", "path"], name="idempotency_key_once_per_scope")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} {self.key!r} ({self.project}, {self.state})"
