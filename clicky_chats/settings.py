@@ -34,11 +34,13 @@ INSTALLED_APPS = [
     "agents",
 ]
 
-# The API path carries only these two async-capable middlewares: each sync MiddlewareMixin costs a
-# thread hop under ASGI (~0.5 ms each, measured). The admin's session/auth/messages stack is wrapped
-# around /admin requests only, inside ApiMiddleware.
+# The API path carries only async-native middlewares: each sync MiddlewareMixin costs a thread hop
+# under ASGI (~0.5 ms each, measured). The admin's session/auth/messages stack is wrapped around
+# /admin requests only, inside ApiMiddleware. IdempotencyMiddleware comes after it, since it needs
+# request.project; a request without an Idempotency-Key costs it one header lookup.
 MIDDLEWARE = [
     "clicky_chats.middleware.ApiMiddleware",
+    "clicky_chats.idempotency.IdempotencyMiddleware",
 ]
 # The admin checks look for its middlewares in MIDDLEWARE; ApiMiddleware applies them to /admin.
 SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410"]
