@@ -108,7 +108,7 @@ class ApiMiddleware:
         limit, variable = body_limit(request.path_info)
         if declared > limit:
             return _too_large(limit, variable).response()
-        return None
+        return _refuse_nul(request)
 
     def _authorize(self, request: HttpRequest, project: str | None) -> HttpResponseBase | None:
         if project is None:
@@ -199,6 +199,27 @@ async def _send_too_large(send: Send, limit: int, variable: str) -> None:
     ]
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _refuse_nul(request: HttpRequest) -> HttpResponseBase | None:
+    """A NUL character (%00) in the path or the query string: PostgreSQL cannot take it in any text
+    parameter, so every lookup by such an id or cursor would fail there as a 500 (SQLite took it)."""
+    if "\x00" in request.path_info:
+        return ApiError(
+            "Invalid value in the URL path: it cannot contain the NUL character (%00).",
+            status=400,
+            param="path",
+            code="invalid_value",
+        ).response()
+    if "%00" in request.META.get("QUERY_STRING", ""):
+        name = next((key for key, values in request.GET.lists() if "\x00" in key + "".join(values)), "query")
+        return ApiError(
+            f"Invalid value for '{name}': it cannot contain the NUL character (%00).",
+            status=400,
+            param=name,
+            code="invalid_value",
+        ).response()
+    return None
 
 
 def _too_large(limit: int, variable: str) -> ApiError:

@@ -208,6 +208,27 @@ def test_wrong_method_is_405(server: ServerProcess, method: str, path: str, allo
     assert_healthy(server)
 
 
+@pytest.mark.parametrize(
+    ("path", "param"),
+    [
+        ("/v1/assistants/asst_%00x", "path"),
+        ("/v1/rubra/threads/thread_%00/messages", "path"),
+        ("/v1/threads/thread_%00/runs/run_x", "path"),
+        ("/v1/rubra/x/tools/tool_%00", "path"),
+        ("/v1/vector_stores?after=vs_%00", "after"),
+        ("/v1/chat/completions?limit=5&model=gpt%00", "model"),
+    ],
+)
+def test_nul_in_the_url_is_400(server: ServerProcess, path: str, param: str) -> None:
+    # Found by tests/test_fuzz.py: PostgreSQL takes no NUL in a text parameter, so each of these
+    # lookups was a 500 there (and a 404 on SQLite).
+    response = requests.get(server.url + path, headers=auth(), timeout=10)
+    error = assert_envelope(response, 400, code="invalid_value")
+    assert error["param"] == param
+    assert "NUL" in str(error["message"])
+    assert_healthy(server)
+
+
 def test_malformed_json_is_400(server: ServerProcess, fake_upstream: FakeUpstream) -> None:
     for body in (b'{"model": "m", "input": ', b"[1, 2]", b"", b'{"model": "\xff"}'):
         response = requests.post(
