@@ -25,18 +25,36 @@ second or two under load, each walking ~180,000 objects):
   request) are frozen out of the collector's reach with gc.freeze(), at lifespan start-up.
 Together, with 32 concurrent chat requests on one worker: 0.80-0.88 CPU ms per request instead of
 1.20-1.37, and 628-651 req/s instead of 238-287 in the same runs.
+
+Django's handle() still hopped to the request's thread twice per request: request_started's
+sync receivers (`asend`) and `sync_to_async(response.close)`, which sends request_finished. Their
+receivers (Django's close_old_connections and reset_queries; close_caches; reset_urlconf) look after
+the database connections of the thread they run on, and the chat proxy never runs sync code, so
+both hops bought nothing there. `_handle()` below is Django 5.2's handle() with the two hops made
+lazy: request_started's receivers run on the request's thread just before the first sync call it
+is given (so close_old_connections still retires an obsolete connection and arms PostgreSQL's
+health check before any query), and a request whose thread ran nothing closes its response right
+on the event loop, where request_finished's receivers find no connection of this request to close.
+A request that did run sync code closes its response on its thread, as Django does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import django
-from asgiref.sync import ThreadSensitiveContext
-from django.core.handlers.asgi import ASGIHandler
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.db import connections
+from django.http import HttpResponseBase
+from django.urls import set_script_prefix
 
 # Idle threads kept after a burst; each may hold one database connection. Fewer than a worker's
 # usual concurrency and threads are started and stopped all the time again (32 concurrent requests
@@ -44,11 +62,55 @@ from django.core.handlers.asgi import ASGIHandler
 IDLE_THREADS_KEPT = 32
 
 
+class RequestThread(ThreadPoolExecutor):
+    """The one thread a request's sync code runs on (asgiref's thread-sensitive calls, Django's
+    ORM, sync middleware and views all come here), reused by later requests.
+
+    `begin()` hands it the request's request_started dispatch; the first call submitted after that
+    runs it first, on this thread, so a request that never submits anything never pays the hop."""
+
+    def __init__(self) -> None:
+        super().__init__(1, thread_name_prefix="request")
+        self._request_started: Callable[[], object] | None = None
+        self.ran_sync_code = False
+        self._has_thread = False  # ThreadPoolExecutor starts its thread at the first submit
+
+    def begin(self, request_started: Callable[[], object]) -> None:
+        self._request_started = request_started
+        self.ran_sync_code = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        # Called from the event loop's thread only (asyncio's run_in_executor), so no lock.
+        self._has_thread = True
+        request_started = self._request_started
+        if request_started is None:
+            return super().submit(fn, *args, **kwargs)
+        self._request_started = None
+        self.ran_sync_code = True
+
+        def started_first() -> Any:
+            # A receiver's exception reaches the awaiting sync_to_async call, as Django's asend
+            # would raise it out of handle().
+            request_started()
+            return fn(*args, **kwargs)
+
+        return super().submit(started_first)
+
+    def retire(self) -> None:
+        """Stops the thread, if one was ever started, once it has run what it was given; its
+        connections are closed first (CONN_MAX_AGE may have kept one open), not left to the
+        garbage collector."""
+        self._request_started = None
+        if self._has_thread:
+            super().submit(connections.close_all)
+        self.shutdown(wait=False)
+
+
 class PooledThreadASGIHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
         # Touched only from the event loop's thread, so no lock.
-        self._idle: list[ThreadPoolExecutor] = []
+        self._idle: list[RequestThread] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -67,17 +129,82 @@ class PooledThreadASGIHandler(ASGIHandler):
                 await asyncio.Future()  # wait to be cancelled (see the module's docstring)
             return message
 
-        executor = self._idle.pop() if self._idle else ThreadPoolExecutor(1, thread_name_prefix="request")
+        thread = self._idle.pop() if self._idle else RequestThread()
         try:
-            async with ThreadSensitiveContext(executor=executor):
-                await self.handle(scope, receive_until_sent, tracking_send)
+            async with ThreadSensitiveContext(executor=thread):
+                await self._handle(scope, receive_until_sent, tracking_send, thread)
         finally:
             # A sync call the request abandoned (client gone) may still be running; the next
             # request on this thread then queues behind it, as it would on Django's shared thread.
             if len(self._idle) < IDLE_THREADS_KEPT:
-                self._idle.append(executor)
+                self._idle.append(thread)
             else:
-                executor.shutdown(wait=False)
+                thread.retire()
+
+    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, thread: RequestThread) -> None:
+        """Django 5.2's ASGIHandler.handle() with its two thread hops made lazy (module docstring)."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        thread.begin(functools.partial(signals.request_started.send, sender=self.__class__, scope=scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            await self._close_response(error_response, thread)
+            return
+
+        async def process_request(request: Any, send: Any) -> HttpResponseBase:
+            response = await self.run_get_response(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client went away during send_response
+            return response
+
+        # As Django: the disconnect listener goes first, so that its errors cannot keep
+        # process_request() from being cancelled.
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request(request, send)),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass
+                except AssertionError:
+                    body_file.close()
+                    raise
+            else:
+                task.cancel()  # views may handle their cancellation
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        try:
+            response = tasks[1].result()
+        except asyncio.CancelledError:
+            if thread.ran_sync_code:
+                await signals.request_finished.asend(sender=self.__class__)
+            else:
+                signals.request_finished.send(sender=self.__class__)
+        else:
+            await self._close_response(response, thread)
+        body_file.close()
+
+    @staticmethod
+    async def _close_response(response: HttpResponseBase, thread: RequestThread) -> None:
+        if thread.ran_sync_code:
+            await sync_to_async(response.close)()
+        else:
+            # Nothing of this request's ran on a thread, so nothing to close there; here on the
+            # loop, request_finished's receivers see only the loop thread's (empty) connections.
+            response.close()
 
 
 def get_asgi_application() -> PooledThreadASGIHandler:

@@ -20,7 +20,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import ALICE_KEY, make_async_client, make_client
+from tests.conftest import ALICE_KEY, DB_KIND, make_async_client, make_client
 from tests.fake_upstream import FakeUpstream, chat_completion
 from tests.harness import ROOT, Database, ServerProcess
 
@@ -619,6 +619,35 @@ def test_serve_with_two_workers(database: Database, fake_upstream: FakeUpstream)
     assert "Finished server process" in proc.log()
     with pytest.raises(requests.ConnectionError):
         requests.get(proc.url + "/healthz", timeout=2)
+
+
+@pytest.mark.skipif(DB_KIND != "postgres", reason="PostgreSQL keeps connections between requests (CONN_MAX_AGE)")
+def test_request_threads_reconnect_after_postgresql_restarts(fake_upstream: FakeUpstream) -> None:
+    database = Database("postgres").start()  # its own PostgreSQL: a restart must disturb no other test
+    if not database.can_restart:
+        database.stop()
+        pytest.skip("CLICKY_CHATS_TEST_PG_DSN names a PostgreSQL these tests cannot restart")
+    proc = ServerProcess(
+        database, fake_upstream.base_url, env={"CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY}"}, with_agents=False
+    ).start()
+    try:
+        with make_client(proc) as sdk:
+            stored = sdk.chat.completions.create(
+                model="fake-model", messages=[{"role": "user", "content": "hi"}], store=True
+            )
+            assert sdk.chat.completions.retrieve(stored.id).id == stored.id
+            # The request threads keep their connections between requests, and the restart ends
+            # them all. close_old_connections arms the health check, so the next query reconnects
+            # rather than failing with a 500: it runs at request_finished on the thread of a
+            # request that used the database, and at request_started just before a request's
+            # first sync call (asgi_handler.py); with neither, this fails.
+            database.stop_postgres()
+            database.start_postgres()
+            for _ in range(3):
+                assert sdk.chat.completions.retrieve(stored.id).id == stored.id
+    finally:
+        proc.stop()
+        database.stop()
 
 
 # --- the /v1/rubra tier ----------------------------------------------------------------------------
