@@ -13,22 +13,13 @@ from rest_framework.response import Response
 from api_v1 import dialect
 from api_v1 import threads as flows
 from api_v1.models import Assistant, Message, Thread
-from clicky_chats.errors import ApiError
 from clicky_chats.pagination import page_params, paginate
 from clicky_chats.scoping import get_scoped, scoped
 from clicky_chats.validation import check_no_nul, invalid
 
 
 def body_of(request: Request) -> dict[str, Any]:
-    try:
-        data = request.data
-    except RecursionError:
-        # DRF parses with the stdlib json, which has no depth limit short of the interpreter's.
-        raise ApiError(
-            "We could not parse the JSON body of your request: it is nested too deeply.",
-            status=400,
-            code="invalid_json",
-        ) from None
+    data = request.data  # parsed by validation.JsonParser (orjson), which refuses nesting past 1024
     if not isinstance(data, dict):
         raise invalid("body", "the request body must be a JSON object.", "invalid_type")
     check_no_nul(data)

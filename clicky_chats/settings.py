@@ -95,7 +95,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # orjson, as the plain views: Python's json lets lone surrogates and huge integers through to a 500.
+    "DEFAULT_PARSER_CLASSES": ["clicky_chats.validation.JsonParser"],
     "EXCEPTION_HANDLER": "clicky_chats.errors.drf_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }

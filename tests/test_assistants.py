@@ -853,6 +853,30 @@ def test_bad_message_is_400_and_stores_nothing(quiet_thread: tuple[openai.OpenAI
     assert [m.id for m in sdk.beta.threads.messages.list(thread_id, limit=100)] == message_ids
 
 
+def test_a_lone_surrogate_in_a_body_is_400_and_stores_nothing(empty_project: Project, server: ServerProcess) -> None:
+    # Found while fuzzing: a lone UTF-16 surrogate (JSON "\\ud800") has no UTF-8, so the database
+    # refused it as a 500. The viewsets parsed with Python's json, which lets it through; now they
+    # parse with orjson, as the plain views do. Raw requests: the SDK cannot encode such a string.
+    sdk = empty_project.client
+    thread = sdk.beta.threads.create(metadata={"k": "v"})
+    headers = {"Authorization": f"Bearer {empty_project.key}", "Content-Type": "application/json"}
+    for path, body in [
+        ("assistants", '{"model": "' + MODEL + '", "name": "a\\ud800"}'),
+        (f"threads/{thread.id}/messages", '{"role": "user", "content": "\\udfffb"}'),
+        ("threads", '{"messages": [{"role": "user", "content": "\\ud800"}]}'),
+        (f"threads/{thread.id}", '{"metadata": {"\\ud800": "x"}}'),
+        ("uploads", '{"filename": "a\\ud800.txt", "purpose": "assistants", "bytes": 3, "mime_type": "text/plain"}'),
+    ]:
+        response = requests.post(f"{server.url}/v1/{path}", data=body.encode(), headers=headers, timeout=10)
+        assert response.status_code == 400, (path, response.text)
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["code"] == "invalid_json" and "surrogate" in error["message"], (path, error)
+    assert sdk.beta.assistants.list(limit=100).data == []
+    assert sdk.beta.threads.messages.list(thread.id).data == []
+    assert sdk.beta.threads.retrieve(thread.id).metadata == {"k": "v"}
+
+
 def test_message_content_at_the_limit_is_accepted(client: openai.OpenAI) -> None:
     thread = client.beta.threads.create()
     message = client.beta.threads.messages.create(thread.id, role="user", content="x" * MAX_MESSAGE_CHARS)
