@@ -96,8 +96,9 @@ class Run(ProjectObject):
     usage = models.JSONField(null=True)
     temperature = models.FloatField(null=True)
     top_p = models.FloatField(null=True)
-    max_prompt_tokens = models.IntegerField(null=True)
-    max_completion_tokens = models.IntegerField(null=True)
+    # BIGINT: the requests' integers may be anything a 64-bit integer holds (validation.integer).
+    max_prompt_tokens = models.BigIntegerField(null=True)
+    max_completion_tokens = models.BigIntegerField(null=True)
     truncation_strategy = models.JSONField(null=True)
     tool_choice = models.JSONField(null=True)
     parallel_tool_calls = models.BooleanField(default=True)

@@ -18,6 +18,8 @@ Rule = Callable[[Any, str], None]
 METADATA_MAX_PAIRS = 16
 METADATA_MAX_KEY = 64
 METADATA_MAX_VALUE = 512
+# What a stored integer column (BIGINT) holds; OpenAI's own integers are int64 at most.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def read_json(request: HttpRequest) -> dict[str, Any]:
@@ -163,12 +165,14 @@ def number(*, minimum: float | None = None, maximum: float | None = None, intege
             or (isinstance(value, float) and not math.isfinite(value))
         ):
             raise invalid(name, "expected an integer." if integer else "expected a number.", "invalid_type")
+        if integer and not INT64_MIN <= value <= INT64_MAX:
+            raise invalid(name, f"{value} is out of the range of a 64-bit integer.")
         if minimum is not None and value < minimum:
             raise invalid(name, f"{value} is below the minimum of {minimum}.")
         if maximum is not None and value > maximum:
             raise invalid(name, f"{value} is above the maximum of {maximum}.")
 
-    json_schema: dict[str, Any] = {"type": "integer" if integer else "number"}
+    json_schema: dict[str, Any] = {"type": "integer", "format": "int64"} if integer else {"type": "number"}
     if minimum is not None:
         json_schema["minimum"] = minimum
     if maximum is not None:

@@ -487,6 +487,29 @@ def test_bad_run_requests_are_400_and_create_nothing(kit: RunKit, fields: dict[s
     assert len(kit.messages(thread.id)) == 1
 
 
+def test_token_limits_take_any_64_bit_integer_and_refuse_larger(kit: RunKit) -> None:
+    # Found while fuzzing: max_prompt_tokens past 2**31 - 1 did not fit PostgreSQL's INTEGER column,
+    # and past 2**63 - 1 not SQLite's either; each was a 500. The columns are BIGINT now, and an
+    # integer past 64 bits is a 400 naming the field.
+    assistant = kit.assistant()
+    thread = kit.thread("Hi.")
+    run = kit.runs.create_and_poll(
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        max_prompt_tokens=2**31,
+        max_completion_tokens=2**63 - 1,
+        poll_interval_ms=POLL_MS,
+    )
+    assert (run.max_prompt_tokens, run.max_completion_tokens) == (2**31, 2**63 - 1)
+    other = kit.thread("Hi.")
+    response = api(
+        kit.server, "POST", f"threads/{other.id}/runs", {"assistant_id": assistant.id, "max_prompt_tokens": 2**63}
+    )
+    error = assert_envelope(response, 400)
+    assert error["param"] == "max_prompt_tokens" and error["code"] == "invalid_value"
+    assert list(kit.runs.list(other.id)) == []
+
+
 def test_a_missing_assistant_or_thread_is_404(kit: RunKit) -> None:
     assistant = kit.assistant()
     thread = kit.thread("Hi.")
