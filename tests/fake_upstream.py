@@ -181,6 +181,10 @@ def text_stream(text: str, *, model: str = "fake-model", pieces: int = 4, usage:
     return chunks
 
 
+# text-embedding-3-large's size, the most any OpenAI embedding model has.
+MAX_DIMENSIONS = 3072
+
+
 def fake_embedding(text: str, dimensions: int = 8) -> list[float]:
     """Deterministic: the same text always embeds the same way."""
     seed = sum(ord(ch) * (i + 1) for i, ch in enumerate(text)) or 1
@@ -409,6 +413,10 @@ class FakeUpstream:
                 }
             )
         if path == "embeddings":
+            dimensions = payload.get("dimensions")
+            if dimensions is not None and not (isinstance(dimensions, int) and 1 <= dimensions <= MAX_DIMENSIONS):
+                # As OpenAI refuses them; a fuzzed 2**63 would otherwise be a list the fake never finishes.
+                return Reply.error(400, f"dimensions must be between 1 and {MAX_DIMENSIONS}.", param="dimensions")
             inputs = payload.get("input")
             texts = [inputs] if isinstance(inputs, str) else [str(item) for item in inputs or []]
             as_base64 = payload.get("encoding_format") == "base64" and not self.ignore_encoding_format
