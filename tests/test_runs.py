@@ -19,6 +19,7 @@ from tests.fake_upstream import Reply, chat_chunk
 from tests.runs_support import (
     MODEL,
     POLL_MS,
+    TERMINAL,
     TIME_TOOL,
     USAGE,
     WEATHER_TOOL,
@@ -508,6 +509,24 @@ def test_token_limits_take_any_64_bit_integer_and_refuse_larger(kit: RunKit) -> 
     error = assert_envelope(response, 400)
     assert error["param"] == "max_prompt_tokens" and error["code"] == "invalid_value"
     assert list(kit.runs.list(other.id)) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="agents/runs.py check_run_body stores body.get('parallel_tool_calls', True), None for an explicit "
+    "null, into a NOT NULL column: a 500 (IntegrityError) on both databases; not ours to fix in agents/",
+)
+def test_parallel_tool_calls_null_means_not_given(kit: RunKit) -> None:
+    # Found by Schemathesis (POST /v1/threads/runs with "parallel_tool_calls": null, which the spec
+    # allows). Raw HTTP: the SDK leaves a None argument out instead of sending null.
+    assistant = kit.assistant()
+    thread = kit.thread("Hi.")
+    response = api(
+        kit.server, "POST", f"threads/{thread.id}/runs", {"assistant_id": assistant.id, "parallel_tool_calls": None}
+    )
+    assert response.status_code == 200, response.text
+    run = kit.wait(kit.runs.retrieve(response.json()["id"], thread_id=thread.id), *TERMINAL)
+    assert run.parallel_tool_calls is True
 
 
 def test_a_missing_assistant_or_thread_is_404(kit: RunKit) -> None:
