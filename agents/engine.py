@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,6 @@ from django.conf import settings
 from agents import bus, progress, server_calls, toolbox
 from agents.db import db
 from agents.runs import MAX_ATTEMPTS, LeaseLost, run_release, run_renew
-from api_rubrax import tool_events
 from api_v1.models import Run
 from clicky_chats import upstream
 from clicky_chats.config import env_float, env_int
@@ -36,6 +36,8 @@ log = logging.getLogger("clicky_chats.agents")
 
 # Deltas are written at most this often, so a long answer costs tens of writes, not thousands.
 FLUSH_EVERY_S = 0.1
+# A server call's tool events wait this long for its output, to be written with it in one go.
+HOLD_EVENTS_S = 0.1
 
 
 class Stop(Exception):
@@ -64,14 +66,15 @@ class Settings:
         return min(self.lease_s / 3, 1.0)
 
 
-async def drive(run_id: str, fence: int, config: Settings, attempts: int = 1) -> None:
-    """Advances a run until it needs the client, ends, or is stopped."""
+async def drive(claim: progress.Claim, config: Settings) -> None:
+    """Advances a claimed run until it needs the client, ends, or is stopped."""
+    run_id, fence = claim.run_id, claim.fence
     work = asyncio.current_task()
     assert work is not None
     stop: dict[str, str] = {}
-    heartbeat = asyncio.create_task(_heartbeat(run_id, fence, config, work, stop))
+    heartbeat = asyncio.create_task(_heartbeat(run_id, fence, config, work, stop, claim.expires_at))
     try:
-        await _advance(run_id, fence, attempts)
+        await _advance(run_id, fence, claim.attempts, claim.turn)
     except asyncio.CancelledError:
         reason = stop.get("reason", "shutdown")
         await _stopped(run_id, fence, reason)
@@ -100,11 +103,13 @@ async def _stopped(run_id: str, fence: int, reason: str) -> None:
             await db(run_release, run_id, fence)  # another agent picks it up at once
 
 
-async def _heartbeat(run_id: str, fence: int, config: Settings, work: asyncio.Task[Any], stop: dict[str, str]) -> None:
-    """Renews the lease every heartbeat_s, and looks at once when told the run was cancelled."""
+async def _heartbeat(
+    run_id: str, fence: int, config: Settings, work: asyncio.Task[Any], stop: dict[str, str], expires: int | None
+) -> None:
+    """Renews the lease every heartbeat_s, and looks at once when told the run was cancelled.
+    `expires` is the run's expires_at, as the claim read it."""
     cancelled = bus.Waiter(bus.cancel_key(run_id))
     try:
-        expires = await db(progress.expires_at, run_id)
         while True:
             await cancelled.wait(config.heartbeat_s)
             try:
@@ -124,7 +129,9 @@ async def _heartbeat(run_id: str, fence: int, config: Settings, work: asyncio.Ta
         cancelled.close()
 
 
-async def _advance(run_id: str, fence: int, attempts: int) -> None:
+async def _advance(run_id: str, fence: int, attempts: int, turn: progress.TurnContext | None) -> None:
+    """Turn after turn of the run. `turn` is the first one when the claim began it already; each
+    round of server tools hands back the next one, begun with its last output."""
     if attempts > MAX_ATTEMPTS:
         await db(
             progress.fail, run_id, fence, "server_error", f"The run was interrupted {MAX_ATTEMPTS} times; giving up."
@@ -133,7 +140,8 @@ async def _advance(run_id: str, fence: int, attempts: int) -> None:
     continuing = False
     tools: dict[str, toolbox.ServerTool] | None = None
     while True:
-        turn = await db(progress.begin, run_id, fence, continuing=continuing)
+        if turn is None:
+            turn = await db(progress.begin, run_id, fence, continuing=continuing, with_toolbox=tools is None)
         continuing = True
         if turn.status == "cancelling":
             await db(progress.cancel, run_id, fence)
@@ -143,8 +151,9 @@ async def _advance(run_id: str, fence: int, attempts: int) -> None:
         if tools is None:  # once per claim: an MCP server's tool list is not fetched every turn
             tools = await toolbox.build(turn.toolbox_inputs)
         if turn.pending_step_id is not None:
-            # The model asked for server-side tools: run them, then ask the model again.
-            if await _run_server_calls(run_id, fence, turn.pending_step_id, tools) != "continue":
+            # Server-side calls wait from before (a confirmation, a takeover): run them, then go on.
+            outcome, turn = await _run_server_calls(run_id, fence, turn.pending_step_id, None, tools)
+            if outcome != "continue":
                 return
             continue
         if turn.incomplete_reason is not None:
@@ -153,34 +162,107 @@ async def _advance(run_id: str, fence: int, attempts: int) -> None:
         if tools:
             turn.payload.setdefault("tools", []).extend(tool.definition for tool in tools.values())
         try:
-            status = await _model_turn(run_id, fence, turn, tools)
+            ended = await _model_turn(run_id, fence, turn, tools)
         except TurnFailed as failure:
             await db(progress.fail, run_id, fence, failure.code, failure.message)
             return
-        if status != "tools":
+        if ended.status != "tools":
+            return
+        # The model asked for server-side tools: run them; the last output begins the next turn.
+        assert ended.tool_step_id is not None
+        outcome, turn = await _run_server_calls(run_id, fence, ended.tool_step_id, ended.server_calls, tools)
+        if outcome != "continue":
             return
 
 
-async def _run_server_calls(run_id: str, fence: int, step_id: str, tools: dict[str, toolbox.ServerTool]) -> str:
-    """Runs the step's pending server-side calls in order. Returns "continue" when the model can
-    be asked again, or what the run now waits for (requires_confirmation, requires_action)."""
-    for call in await db(server_calls.pending_server_calls, run_id, fence, step_id):
+async def _run_server_calls(
+    run_id: str,
+    fence: int,
+    step_id: str,
+    calls: list[dict[str, Any]] | None,
+    tools: dict[str, toolbox.ServerTool],
+) -> tuple[str, progress.TurnContext | None]:
+    """Runs the step's pending server-side calls in order (`calls`, or read from the step). Returns
+    "continue" with the next turn, begun in the transaction that stores the last output, or what
+    the run now waits for (requires_confirmation, requires_action) with None."""
+    if calls is None:
+        calls = await db(server_calls.pending_server_calls, run_id, fence, step_id)
+    last: server_calls.ServerOutput | None = None
+    for call in calls:
+        if last is not None:  # each output is stored before the next call runs, the last with the settle
+            await db(server_calls.record_server_output, run_id, fence, step_id, last)
+            last = None
         tool = tools.get(call["name"])
-        record: dict[str, Any] = {}
         if tool is None:
-            output = f"The tool {call['name']} is not available on this server any more."
-        elif call["confirmation"] is False:
-            output = "The user denied this tool call."
-        elif tool.requires_confirmation and call["confirmation"] is None:
+            last = server_calls.ServerOutput(
+                call["id"], f"The tool {call['name']} is not available on this server any more."
+            )
+        elif call.get("confirmation") is False:
+            last = server_calls.ServerOutput(call["id"], "The user denied this tool call.")
+        elif tool.requires_confirmation and call.get("confirmation") is None:
             action = f"{tool.describe or tool.name} with {call['arguments'] or '{}'}"
             await db(server_calls.await_confirmation, run_id, fence, step_id, call, tool.name, action)
-            return "requires_confirmation"
+            return "requires_confirmation", None
         else:
-            emit = tool_events.emitter(step_id, {"tool_call_id": call["id"], "run_id": run_id})
-            result = await tool.call(call["arguments"], emit)
-            output, record = result.output, result.record
-        await db(server_calls.record_server_output, run_id, fence, step_id, call["id"], output, record)
-    return await db(server_calls.settle_tool_step, run_id, fence, step_id)
+            held = HeldToolEvents(run_id, fence, step_id, {"tool_call_id": call["id"], "run_id": run_id})
+            try:
+                result = await tool.call(call["arguments"], held.emit)
+            finally:
+                remaining = await held.close()
+            last = server_calls.ServerOutput(call["id"], result.output, result.record, remaining)
+    return await db(progress.finish_server_calls, run_id, fence, step_id, last)
+
+
+class HeldToolEvents:
+    """The tool events (callStart, callFinish, ...) of one running server call, held back so a
+    quick call's events go into the transaction that stores its output instead of one each. A call
+    still running HOLD_EVENTS_S after an event has what it emitted written then, so a live
+    watcher of the step's tool events sees a long call's progress as it happens."""
+
+    def __init__(self, run_id: str, fence: int, step_id: str, extra: dict[str, Any]) -> None:
+        self.run_id, self.fence, self.step_id, self.extra = run_id, fence, step_id, extra
+        self.held: list[tuple[str, dict[str, Any], float]] = []
+        self.writer: asyncio.Task[None] | None = None
+        self.writing = False
+        self.closed = False
+
+    async def emit(self, event_type: str, **data: Any) -> None:
+        self.held.append((event_type, {**self.extra, **_jsonable(data)}, time.time()))
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.create_task(self._write_later())
+
+    async def _write_later(self) -> None:
+        await asyncio.sleep(HOLD_EVENTS_S)
+        self.writing = True  # from here the write runs to its end: cancelled, it might half happen
+        batch, self.held = self.held, []
+        try:
+            await db(server_calls.record_tool_events, self.run_id, self.fence, self.step_id, batch)
+        except LeaseLost:
+            pass  # the output's write finds out too, and stops the run's work
+        except Exception:
+            log.exception("run %s: could not write tool events", self.run_id)
+        finally:
+            self.writing = False
+            if self.held and not self.closed:  # emitted during the write: their turn comes next
+                self.writer = asyncio.create_task(self._write_later())
+
+    async def close(self) -> list[tuple[str, dict[str, Any], float]]:
+        """Stops the timed writes (waiting for one under way); returns what is still held."""
+        self.closed = True
+        while self.writer is not None and not self.writer.done():
+            if self.writing:
+                await asyncio.shield(self.writer)
+            else:
+                self.writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.writer
+        held, self.held = self.held, []
+        return held
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    """What a tool emits, as JSON can store it (the way api_rubrax/tool_events.py's emitter does)."""
+    return json.loads(json.dumps(data, default=str))
 
 
 @dataclass
@@ -276,7 +358,9 @@ class TurnWriter:
         return ready
 
 
-async def _model_turn(run_id: str, fence: int, turn: progress.TurnContext, tools: dict[str, toolbox.ServerTool]) -> str:
+async def _model_turn(
+    run_id: str, fence: int, turn: progress.TurnContext, tools: dict[str, toolbox.ServerTool]
+) -> progress.TurnEnd:
     writer = TurnWriter(run_id, fence, server_names=frozenset(tools))
     answer = await _open_model_stream(turn.payload)
     reader = SSEReader()
@@ -318,7 +402,8 @@ async def _model_turn(run_id: str, fence: int, turn: progress.TurnContext, tools
     if writer.finish_reason is None and not finished:
         # The body ended cleanly but the answer did not: no finish_reason, no [DONE].
         raise TurnFailed("server_error", "The model upstream ended its answer before finishing it.")
-    if writer.message_step is None and writer.tool_step_id is None and not writer.server_calls():
+    server_call_list = writer.server_calls()  # once: it mints the ids the model left out
+    if writer.message_step is None and writer.tool_step_id is None and not server_call_list:
         # The model said nothing: the turn still leaves its (empty) message, as OpenAI's do.
         writer.message_step = await db(progress.open_message, run_id, fence)
     return await db(
@@ -330,7 +415,7 @@ async def _model_turn(run_id: str, fence: int, turn: progress.TurnContext, tools
         usage=_usage(writer.usage),
         finish_reason=writer.finish_reason,
         calls_pending=writer.tool_step_id is not None,
-        server_call_list=writer.server_calls(),
+        server_call_list=server_call_list,
         toolbox_kinds={name: tool.record_kind for name, tool in tools.items()},
         pieces=last_pieces,
     )

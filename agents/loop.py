@@ -16,9 +16,9 @@ import threading
 import time
 import uuid
 
-from agents import bus, engine, ingest
+from agents import bus, engine, ingest, progress
 from agents.db import db, refresh_connection
-from agents.runs import expire_overdue, run_claim
+from agents.runs import expire_overdue
 from clicky_chats import upstream
 from clicky_chats.config import env_float
 
@@ -64,10 +64,11 @@ class AgentLoop:
                     claimed = []
                     free = self.concurrency - len(running)
                     if free > 0:
-                        claimed = await db(run_claim, self.owner, free, self.settings.lease_s)
-                    for run_id, fence, attempts in claimed:
-                        task = asyncio.create_task(engine.drive(run_id, fence, self.settings, attempts))
-                        running[task] = run_id
+                        # Claimed and begun in one transaction: each comes with its first model request.
+                        claimed = await db(progress.claim, self.owner, free, self.settings.lease_s)
+                    for claim in claimed:
+                        task = asyncio.create_task(engine.drive(claim, self.settings))
+                        running[task] = claim.run_id
                         task.add_done_callback(self._finished(running))
                     # Vector-store files waiting for ingestion, in slots of their own beside the runs.
                     ingesting = await self.ingestor.claim(self._wake.event.set)

@@ -3,14 +3,28 @@ token: a stale agent's call raises LeaseLost and changes nothing."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db import connection, transaction
+
 from agents import server_calls
-from agents.runs import Events, finish_cancelled, finish_expired, finish_failed, locked_run, new_step
+from agents.runs import (
+    MAX_ATTEMPTS,
+    Events,
+    claim_runs,
+    finish_cancelled,
+    finish_expired,
+    finish_failed,
+    locked_run,
+    new_step,
+)
 from api_v1 import render
 from api_v1.models import Message, Run, RunStep
 from clicky_chats.ids import new_id, now_ns, now_seconds
+
+log = logging.getLogger("clicky_chats.agents")
 
 CHARS_PER_TOKEN = 4  # a rough estimate; no tokenizer download is needed at run time
 
@@ -28,35 +42,80 @@ class TurnContext:
     # Set when the run must end incomplete instead of calling the model: the reason.
     incomplete_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    # What agents/toolbox.py needs to build the run's server-side tools.
+    # What agents/toolbox.py needs to build the run's server-side tools (a claim's first turn only).
     toolbox_inputs: dict[str, Any] = field(default_factory=dict)
     # A tool_calls step whose server-side calls still wait to run (after a confirmation).
     pending_step_id: str | None = None
 
 
-def begin(run_id: str, fence: int, *, continuing: bool = False) -> TurnContext:
+@dataclass
+class Claim:
+    """A run this agent now holds, and its first turn when the claim could begin it at once."""
+
+    run_id: str
+    fence: int
+    attempts: int
+    expires_at: int | None
+    turn: TurnContext | None
+
+
+def claim(owner: str, capacity: int, lease_s: float) -> list[Claim]:
+    """Claims up to `capacity` runs and begins each (in_progress, its first model request) in the
+    same transaction: one commit before the model is called, not two.
+
+    A run that cannot be begun here (a bug in its data, say) is still claimed, with no turn: the
+    engine begins it on its own and fails it the usual way, and the other claims stand."""
+    claims: list[Claim] = []
+    with transaction.atomic():
+        for run in claim_runs(owner, capacity, lease_s):
+            turn: TurnContext | None = None
+            if run.attempts <= MAX_ATTEMPTS:  # past it the engine fails the run instead
+                try:
+                    with transaction.atomic():  # a savepoint: undoes this run's begin, not the claims
+                        events = Events(run)
+                        turn = _begin_locked(run, events, continuing=False, with_toolbox=True)
+                        events.flush()
+                except Exception:
+                    if connection.needs_rollback:  # the savepoint could not be undone: retry it all
+                        raise
+                    log.exception("run %s: could not begin with its claim; beginning it apart", run.id)
+                    turn = None
+            claims.append(Claim(run.id, run.fence, run.attempts, run.expires_at, turn))
+    return claims
+
+
+def begin(run_id: str, fence: int, *, continuing: bool = False, with_toolbox: bool = True) -> TurnContext:
     """Moves a claimed run to in_progress (or picks up one a crashed agent held) and gathers the
     model request for its next turn. `continuing` is this agent's own next turn of the run."""
     with locked_run(run_id, fence=fence) as (run, events):
-        if run.status in ("cancelling", *Run.TERMINAL):
-            return TurnContext(run_id, run.status, run.model, {}, None, 0)
-        if run.status == "queued":
-            run.status = "in_progress"
-            if run.started_at is None:
-                run.started_at = now_seconds()
-            run.save(update_fields=["status", "started_at"])
-            events.run_event("in_progress")
-        elif not continuing:
-            # Taken over from an agent that died mid-turn: drop its half-written turn; this
-            # agent makes the call again, so the thread ends with exactly one answer.
-            RunStep.objects.filter(run=run, status="in_progress").delete()
-            Message.objects.filter(run_id=run.id, status="in_progress").delete()
-        context = _turn_context(run)
-        context.pending_step_id = server_calls.pending_step(run)
-        return context
+        return _begin_locked(run, events, continuing=continuing, with_toolbox=with_toolbox)
 
 
-def _turn_context(run: Run) -> TurnContext:
+def _begin_locked(run: Run, events: Events, *, continuing: bool, with_toolbox: bool) -> TurnContext:
+    """begin() on a run already locked by the caller's transaction. `with_toolbox` gathers what
+    the run's server tools are built from, which the engine needs once per claim."""
+    if run.status in ("cancelling", *Run.TERMINAL):
+        return TurnContext(run.id, run.status, run.model, {}, None, 0)
+    if run.status == "queued":
+        run.status = "in_progress"
+        if run.started_at is None:
+            run.started_at = now_seconds()
+        events.save_run("status", "started_at")
+        events.run_event("in_progress")
+    elif not continuing:
+        # Taken over from an agent that died mid-turn: drop its half-written turn; this
+        # agent makes the call again, so the thread ends with exactly one answer.
+        RunStep.objects.filter(run=run, status="in_progress").delete()
+        Message.objects.filter(run_id=run.id, status="in_progress").delete()
+    steps = list(RunStep.objects.filter(run=run).order_by("created_ns", "pk"))
+    context = _turn_context(run, steps)
+    if with_toolbox:
+        context.toolbox_inputs = server_calls.toolbox_inputs(run)
+    context.pending_step_id = server_calls.pending_step(steps)
+    return context
+
+
+def _turn_context(run: Run, steps: list[RunStep]) -> TurnContext:
     history = list(
         Message.objects.filter(thread_id=run.thread_id, created_ns__lt=run.created_ns).order_by("created_ns", "pk")
     )
@@ -64,7 +123,7 @@ def _turn_context(run: Run) -> TurnContext:
     if strategy.get("type") == "last_messages" and strategy.get("last_messages"):
         history = history[-int(strategy["last_messages"]) :]
     conversation = [_chat_message(message) for message in history]
-    conversation += _this_run_so_far(run)
+    conversation += _this_run_so_far(steps)
     system = [{"role": "system", "content": run.instructions}] if run.instructions else []
     incomplete_reason = None
     if run.max_prompt_tokens:
@@ -104,7 +163,6 @@ def _turn_context(run: Run) -> TurnContext:
         run.max_completion_tokens,
         used,
         incomplete_reason,
-        toolbox_inputs=server_calls.toolbox_inputs(run),
     )
 
 
@@ -137,13 +195,21 @@ def _chat_message(message: Message) -> dict[str, Any]:
     return {"role": message.role, "content": parts}
 
 
-def _this_run_so_far(run: Run) -> list[dict[str, Any]]:
-    """The run's own earlier turns: its answers, its tool calls and their outputs, in order."""
+def _this_run_so_far(steps: list[RunStep]) -> list[dict[str, Any]]:
+    """The run's own earlier turns (from its steps, oldest first): its answers, its tool calls and
+    their outputs, in order."""
+    completed = [step for step in steps if step.status == "completed"]
+    message_ids = [
+        step.step_details["message_creation"]["message_id"]
+        for step in completed
+        if step.step_details.get("type") == "message_creation"
+    ]
+    messages = Message.objects.in_bulk(message_ids) if message_ids else {}
     turns: list[dict[str, Any]] = []
-    for step in RunStep.objects.filter(run=run, status="completed").order_by("created_ns", "pk"):
+    for step in completed:
         details = step.step_details
         if details.get("type") == "message_creation":
-            found = Message.objects.filter(pk=details["message_creation"]["message_id"]).first()
+            found = messages.get(details["message_creation"]["message_id"])
             if found is not None:
                 turns.append(_chat_message(found))
             continue
@@ -204,7 +270,7 @@ def open_message(run_id: str, fence: int, pieces: list[tuple[str, str]] | None =
             "message_creation",
             {"type": "message_creation", "message_creation": {"message_id": message_id}},
         )
-        message = Message.objects.create(
+        message = Message(
             id=message_id,
             project=run.project,
             thread_id=run.thread_id,
@@ -221,7 +287,7 @@ def open_message(run_id: str, fence: int, pieces: list[tuple[str, str]] | None =
         if pieces:
             message.content = []  # a new list: the events above hold the empty one as it was
             _append_pieces(message, pieces, events)
-            message.save(update_fields=["content"])
+        message.save(force_insert=True)  # stored once, with its first text
         return step.id, message.id
 
 
@@ -318,6 +384,17 @@ def _add_usage(total: dict[str, Any] | None, usage: dict[str, Any]) -> dict[str,
     return result
 
 
+@dataclass
+class TurnEnd:
+    """How a model turn ended: the run's new status, or "tools" with the step whose server calls
+    the agent runs next."""
+
+    status: str
+    tool_step_id: str | None = None
+    # The step's server calls, as server_calls.pending_server_calls lists them.
+    server_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
 def finish_turn(
     run_id: str,
     fence: int,
@@ -330,8 +407,9 @@ def finish_turn(
     server_call_list: list[dict[str, Any]] | None = None,
     toolbox_kinds: dict[str, str] | None = None,
     pieces: list[tuple[str, str]] | None = None,
-) -> str:
-    """Closes the turn's message and steps and moves the run on; returns the run's new status.
+) -> TurnEnd:
+    """Closes the turn's message and steps and moves the run on; returns the run's new status
+    ("tools" when the agent runs server tools next, with their step).
     `pieces`, the answer's last text not yet written, go into the message first (as its last delta).
 
     The model's finish_reason decides how: "length" cuts the message and the run short (the
@@ -353,17 +431,21 @@ def finish_turn(
             else:
                 message.status, message.completed_at = "completed", now
                 events.add("thread.message.completed", render.message(message))
-            server_calls.annotate_citations(run, message)
+            if "file_search" in (toolbox_kinds or {}).values():  # only file search results are cited
+                server_calls.annotate_citations(run, message)
             message.save()
             step = RunStep.objects.get(pk=step_id)
             step.status, step.completed_at, step.usage = "completed", now, usage
-            step.save()
+            step.save(update_fields=["status", "completed_at", "usage"])
             events.add("thread.run.step.completed", render.run_step(step, "rubra"))
         if server_call_list and not cut_short:
             # The agent runs these itself next; the run stays in_progress meanwhile.
-            server_calls.add_server_calls(run, events, tool_step_id, server_call_list, toolbox_kinds or {}, usage)
-            run.save(update_fields=["usage"])
-            return "tools"
+            step_id = server_calls.add_server_calls(
+                run, events, tool_step_id, server_call_list, toolbox_kinds or {}, usage
+            )
+            events.save_run("usage")
+            pending = [{**call, "confirmation": None} for call in server_call_list]
+            return TurnEnd("tools", step_id, pending)
         if tool_step_id is not None and calls_pending and not cut_short:
             step = RunStep.objects.get(pk=tool_step_id)
             step.usage = usage
@@ -379,9 +461,9 @@ def finish_turn(
             run.status = "requires_action"
             run.required_action = {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": calls}}
             run.lease_owner, run.lease_expires_at = None, None
-            run.save()
+            events.save_run("usage", "status", "required_action", "lease_owner", "lease_expires_at")
             events.run_event("requires_action")
-            return run.status
+            return TurnEnd(run.status)
         if tool_step_id is not None:  # cut short mid-call: the call never became whole
             RunStep.objects.filter(pk=tool_step_id).update(status="failed", failed_at=now)
         if cut_short:
@@ -390,9 +472,25 @@ def finish_turn(
         else:
             run.status, run.completed_at = "completed", now
         run.lease_owner, run.lease_expires_at = None, None
-        run.save()
+        events.save_run("usage", "status", "incomplete_details", "completed_at", "lease_owner", "lease_expires_at")
         events.run_event(run.status)
-        return run.status
+        return TurnEnd(run.status)
+
+
+def finish_server_calls(
+    run_id: str, fence: int, step_id: str, last: server_calls.ServerOutput | None
+) -> tuple[str, TurnContext | None]:
+    """The step's last server call's output, the step settled and, when the run goes on, its next
+    turn begun: one transaction between a tool's answer and the next model request, not three.
+    Returns "continue" with the turn, or what the run now waits for (requires_action) with None."""
+    with locked_run(run_id, fence=fence) as (run, events):
+        step = RunStep.objects.get(pk=step_id)
+        if last is not None:
+            server_calls.store_output(step, events, last)
+        outcome = server_calls.settle_step(run, events, step)
+        if outcome != "continue":
+            return outcome, None
+        return outcome, _begin_locked(run, events, continuing=True, with_toolbox=False)
 
 
 def end_incomplete(run_id: str, fence: int, reason: str) -> None:
@@ -420,7 +518,3 @@ def expire(run_id: str, fence: int) -> None:
     with locked_run(run_id, fence=fence) as (run, events):
         if run.status not in Run.TERMINAL:
             finish_expired(run, events)
-
-
-def expires_at(run_id: str) -> int | None:
-    return Run.objects.filter(pk=run_id).values_list("expires_at", flat=True).first()

@@ -45,6 +45,13 @@ class Events:
     def __init__(self, run: Run) -> None:
         self.run = run
         self.pending: list[tuple[str, dict[str, Any]]] = []
+        # Run fields changed in this transaction that flush() saves with the event counter, in one
+        # UPDATE instead of two.
+        self.run_fields: set[str] = set()
+
+    def save_run(self, *fields: str) -> None:
+        """Saves these fields of the run when the events are written (at the end of locked_run)."""
+        self.run_fields.update(fields)
 
     def add(self, event: str, data: dict[str, Any]) -> None:
         # A copy: rendered objects share their lists with the model (a message's content), and a
@@ -55,7 +62,10 @@ class Events:
         self.add(f"thread.run.{status_event or self.run.status}", render.run(self.run, "rubra"))
 
     def flush(self) -> None:
+        fields, self.run_fields = self.run_fields, set()
         if not self.pending:
+            if fields:
+                self.run.save(update_fields=sorted(fields))
             return
         start = self.run.next_event_index
         now = time.time()
@@ -64,7 +74,10 @@ class Events:
             for offset, (event, data) in enumerate(self.pending)
         )
         self.run.next_event_index = start + len(self.pending)
-        Run.objects.filter(pk=self.run.id).update(next_event_index=self.run.next_event_index)
+        if fields:
+            self.run.save(update_fields=sorted(fields | {"next_event_index"}))
+        else:
+            Run.objects.filter(pk=self.run.id).update(next_event_index=self.run.next_event_index)
         self.pending.clear()
         bus.publish(self.run.id)
 
@@ -271,24 +284,27 @@ def run_update(project: str, thread_id: str, run_id: str, body: dict[str, Any]) 
 # --- claiming (agents) -------------------------------------------------------------------------
 
 
-def run_claim(owner: str, capacity: int, lease_s: float) -> list[tuple[str, int, int]]:
-    """Claims up to `capacity` runs whose lease is free; returns (run id, fencing token, attempt).
+def claim_runs(owner: str, capacity: int, lease_s: float) -> list[Run]:
+    """Claims up to `capacity` runs whose lease is free, inside the caller's transaction; returns
+    them as now stored, each with its new fencing token and attempt count.
 
     The claim is a compare-and-set on the fencing token, so two agents racing for one run cannot
-    both win; on PostgreSQL, SKIP LOCKED keeps them from even queueing on the same rows."""
+    both win; on PostgreSQL, SKIP LOCKED keeps them from even queueing on the same rows (and the
+    rows stay locked until the caller commits). The thread comes along: beginning a run needs it."""
     now = time.time()
     free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
-    claimed: list[tuple[str, int, int]] = []
-    with transaction.atomic():
-        candidates = Run.objects.filter(free, status__in=CLAIMABLE).order_by("created_ns")
-        if connection.vendor == "postgresql":
-            candidates = candidates.select_for_update(skip_locked=True)
-        for run_id, fence, attempts in list(candidates.values_list("id", "fence", "attempts")[:capacity]):
-            won = Run.objects.filter(free, pk=run_id, fence=fence, status__in=CLAIMABLE).update(
-                lease_owner=owner, lease_expires_at=now + lease_s, fence=fence + 1, attempts=F("attempts") + 1
-            )
-            if won:
-                claimed.append((run_id, fence + 1, attempts + 1))
+    candidates = Run.objects.filter(free, status__in=CLAIMABLE).select_related("thread").order_by("created_ns")
+    if connection.vendor == "postgresql":
+        candidates = candidates.select_for_update(skip_locked=True, of=("self",))
+    claimed: list[Run] = []
+    for run in list(candidates[:capacity]):
+        won = Run.objects.filter(free, pk=run.id, fence=run.fence, status__in=CLAIMABLE).update(
+            lease_owner=owner, lease_expires_at=now + lease_s, fence=run.fence + 1, attempts=F("attempts") + 1
+        )
+        if won:
+            run.lease_owner, run.lease_expires_at = owner, now + lease_s
+            run.fence, run.attempts = run.fence + 1, run.attempts + 1
+            claimed.append(run)
     return claimed
 
 

@@ -8,8 +8,12 @@ never reach a client (api_v1/render.py strips them).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
+from django.db.models import Max
+
+from agents import bus
 from agents.runs import Events, locked_run, new_step
 from agents.toolbox import BUILTIN_NAMES, citations
 from agents.tools import sandbox
@@ -65,9 +69,12 @@ def toolbox_inputs(run: Run) -> dict[str, Any]:
     }
 
 
-def pending_step(run: Run) -> str | None:
-    """The in-progress tool_calls step whose server calls have not all run, if any."""
-    for step in RunStep.objects.filter(run=run, type="tool_calls", status="in_progress").order_by("-created_ns"):
+def pending_step(steps: list[RunStep]) -> str | None:
+    """Of the run's steps (oldest first), the newest in-progress tool_calls step whose server calls
+    have not all run, if any."""
+    for step in reversed(steps):
+        if step.type != "tool_calls" or step.status != "in_progress":
+            continue
         if any(call.get("_server") and _output(call) is None for call in step.step_details.get("tool_calls", [])):
             return step.id
     return None
@@ -194,66 +201,103 @@ def await_confirmation(run_id: str, fence: int, step_id: str, call: dict[str, An
         events.run_event("requires_confirmation")
 
 
-def record_server_output(
-    run_id: str, fence: int, step_id: str, call_id: str, output: str, record: dict[str, Any]
-) -> None:
+def record_tool_events(run_id: str, fence: int, step_id: str, held: list[tuple[str, dict[str, Any], float]]) -> None:
+    """Writes tool events a running server call emitted, as (type, data, time emitted)."""
+    with locked_run(run_id, fence=fence):
+        _write_tool_events(step_id, held)
+
+
+def _write_tool_events(step_id: str, held: list[tuple[str, dict[str, Any], float]]) -> None:
+    """Appends `held` to the step's tool event log (api_rubrax/tool_events.py), with the run
+    locked: every writer of a step's log holds its run, so the next index is ours to take."""
+    if not held:
+        return
+    from api_rubrax.models import ToolEvent
+
+    top = ToolEvent.objects.filter(subject_id=step_id).aggregate(top=Max("index"))["top"]
+    start = 0 if top is None else top + 1
+    ToolEvent.objects.bulk_create(
+        ToolEvent(subject_id=step_id, index=start + offset, type=event_type, data=data, time=at)
+        for offset, (event_type, data, at) in enumerate(held)
+    )
+    bus.publish(f"tool:{step_id}")
+
+
+@dataclass
+class ServerOutput:
+    """What one server call produced, and the tool events it emitted that are not written yet."""
+
+    call_id: str
+    output: str
+    record: dict[str, Any] = field(default_factory=dict)
+    held_events: list[tuple[str, dict[str, Any], float]] = field(default_factory=list)
+
+
+def record_server_output(run_id: str, fence: int, step_id: str, result: ServerOutput) -> None:
+    """Stores one call's output (and its held tool events); the step stays in progress."""
     with locked_run(run_id, fence=fence) as (_run, events):
         step = RunStep.objects.get(pk=step_id)
-        stored = step.step_details["tool_calls"]
-        for index, call in enumerate(stored):
-            if call["id"] != call_id:
-                continue
-            if "_call" in call:
-                call["_call"]["output"] = output
-                for key, value in record.items():
-                    if key != "type":
-                        call[key] = value
-                kind = call["type"]  # "file_search" or "code_interpreter": the item keeps its payload there
-                payload = dict(call.get(kind) or {})
-                if kind == "code_interpreter":  # delta list items carry their index (the SDK merges by it)
-                    payload["outputs"] = [{"index": i, **out} for i, out in enumerate(payload.get("outputs", []))]
-                delta = {"index": index, "type": kind, kind: payload}
-            else:
-                call["function"]["output"] = output
-                delta = {"index": index, "type": "function", "function": {"output": output}}
-            step.save(update_fields=["step_details"])
-            _delta(events, step.id, [delta])
-            return
+        store_output(step, events, result)
+        step.save(update_fields=["step_details"])
 
 
-def settle_tool_step(run_id: str, fence: int, step_id: str) -> str:
-    """After the server calls ran: the client's own calls, if any, put the run in
-    requires_action; otherwise the step completes and the run goes on ("continue")."""
-    with locked_run(run_id, fence=fence) as (run, events):
-        step = RunStep.objects.get(pk=step_id)
-        client_calls = [
-            call
-            for call in step.step_details["tool_calls"]
-            if call.get("type") == "function" and not call.get("_server") and call["function"].get("output") is None
-        ]
-        if client_calls:
-            run.status = "requires_action"
-            run.required_action = {
-                "type": "submit_tool_outputs",
-                "submit_tool_outputs": {
-                    "tool_calls": [
-                        {
-                            "id": call["id"],
-                            "type": "function",
-                            "function": {"name": call["function"]["name"], "arguments": call["function"]["arguments"]},
-                        }
-                        for call in client_calls
-                    ]
-                },
-            }
-            run.lease_owner, run.lease_expires_at = None, None
-            run.save()
-            events.run_event("requires_action")
-            return "requires_action"
-        step.status, step.completed_at = "completed", now_seconds()
-        step.save(update_fields=["status", "completed_at"])
-        events.add("thread.run.step.completed", render.run_step(step, "rubra"))
-        return "continue"
+def store_output(step: RunStep, events: Events, result: ServerOutput) -> None:
+    """Puts a call's output into the step (the caller saves it), with its delta event; its tool
+    events go first, as they were emitted while it ran."""
+    _write_tool_events(step.id, result.held_events)
+    stored = step.step_details["tool_calls"]
+    for index, call in enumerate(stored):
+        if call["id"] != result.call_id:
+            continue
+        if "_call" in call:
+            call["_call"]["output"] = result.output
+            for key, value in result.record.items():
+                if key != "type":
+                    call[key] = value
+            kind = call["type"]  # "file_search" or "code_interpreter": the item keeps its payload there
+            payload = dict(call.get(kind) or {})
+            if kind == "code_interpreter":  # delta list items carry their index (the SDK merges by it)
+                payload["outputs"] = [{"index": i, **out} for i, out in enumerate(payload.get("outputs", []))]
+            delta = {"index": index, "type": kind, kind: payload}
+        else:
+            call["function"]["output"] = result.output
+            delta = {"index": index, "type": "function", "function": {"output": result.output}}
+        _delta(events, step.id, [delta])
+        return
+
+
+def settle_step(run: Run, events: Events, step: RunStep) -> str:
+    """After the server calls ran (the run locked): the client's own calls, if any, put the run in
+    requires_action; otherwise the step completes and the run goes on ("continue"). Saves the step."""
+    client_calls = [
+        call
+        for call in step.step_details["tool_calls"]
+        if call.get("type") == "function" and not call.get("_server") and call["function"].get("output") is None
+    ]
+    if client_calls:
+        step.save(update_fields=["step_details"])
+        run.status = "requires_action"
+        run.required_action = {
+            "type": "submit_tool_outputs",
+            "submit_tool_outputs": {
+                "tool_calls": [
+                    {
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": call["function"]["arguments"]},
+                    }
+                    for call in client_calls
+                ]
+            },
+        }
+        run.lease_owner, run.lease_expires_at = None, None
+        events.save_run("status", "required_action", "lease_owner", "lease_expires_at")
+        events.run_event("requires_action")
+        return "requires_action"
+    step.status, step.completed_at = "completed", now_seconds()
+    step.save(update_fields=["step_details", "status", "completed_at"])
+    events.add("thread.run.step.completed", render.run_step(step, "rubra"))
+    return "continue"
 
 
 def annotate_citations(run: Run, message: Message) -> None:

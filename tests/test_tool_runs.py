@@ -399,6 +399,35 @@ def test_step_events_stream_live_while_a_tool_runs(kit: RunKit, tools_server: Se
     assert kit.poll(run).status == "completed"
 
 
+def test_a_slow_tools_start_is_listed_while_it_runs(kit: RunKit, tools_server: ServerProcess) -> None:
+    """The agent holds a call's events back to write them with its output, but only briefly: a
+    tool still running has its callStart listed before it finishes."""
+    tool = create_tool(
+        tools_server, contents='Name: slow\nDescription: Takes its time\n\n#!/bin/sh\nsleep 3\necho "slept"\n'
+    )
+    assistant = assistant_with(kit, tool["id"])
+    thread = kit.thread("Be slow.")
+    kit.fake.script(
+        "chat/completions", Reply.stream(tool_call_answer(("call_s", "slow", ["{}"]))), Reply.stream(answer("ok"))
+    )
+    run = kit.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+
+    def tool_step() -> Any:
+        steps = kit.runs.steps.list(run.id, thread_id=thread.id).data
+        return next((s for s in steps if s.type == "tool_calls"), None)
+
+    step = wait_for(tool_step, what="the tool_calls step")
+
+    def started_only() -> bool:
+        return [event["type"] for event in step_events(tools_server, run, step)] == ["callStart"]
+
+    wait_for(started_only, what="callStart listed while the tool still runs")
+    assert kit.poll(run).status == "completed"
+    events = step_events(tools_server, run, step)
+    assert [event["type"] for event in events] == ["callStart", "callFinish"]
+    assert events[1]["time"] - events[0]["time"] >= 2.5  # each stamped when emitted, not when written
+
+
 def test_tools_that_fail_at_run_time_tell_the_model_and_the_run_goes_on(
     kit: RunKit, tools_server: ServerProcess, site: Site
 ) -> None:
