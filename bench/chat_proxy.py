@@ -258,7 +258,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def process_tree(root: int) -> list[int]:
-    """The root and all its descendants (uvicorn's supervisor and its spawned workers)."""
+    """The root and all its descendants (`serve`'s parent process and its spawned workers)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -294,9 +294,9 @@ def pin_tree(root: int, cpus: set[int]) -> None:
                 pass
 
 
-def connections_per_process(root: int, port: int) -> list[int]:
-    """How many established connections to `port` each process of the tree holds: uvicorn's
-    workers share one listening socket, and which worker accepts a connection keeps it."""
+def connections_per_process(root: int, port: int) -> dict[int, int]:
+    """How many established connections to `port` each process of the tree holds (the processes
+    holding none left out): the worker that accepts a connection keeps it."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -308,7 +308,7 @@ def connections_per_process(root: int, port: int) -> list[int]:
                         inodes.add(fields[9])
         except OSError:
             continue
-    counts = []
+    counts: dict[int, int] = {}
     for pid in process_tree(root):
         held = 0
         try:
@@ -322,8 +322,8 @@ def connections_per_process(root: int, port: int) -> list[int]:
         except OSError:
             continue
         if held:
-            counts.append(held)
-    return sorted(counts, reverse=True)
+            counts[pid] = held
+    return counts
 
 
 def rss_bytes(root: int) -> int:
@@ -568,7 +568,7 @@ async def throughput_window(target: Target, plan: Plan, server_root: int | None 
     request = target.request(CHAT_BODY)
     connections = [await target.connect() for _ in range(plan.c32_concurrency)]
     await asyncio.sleep(0.05)  # let the workers accept them
-    split = connections_per_process(server_root, target.port) if server_root else []
+    split = sorted(connections_per_process(server_root, target.port).values(), reverse=True) if server_root else []
     ticks_before = cpu_ticks(process_tree(server_root)) if server_root else 0
     finished: list[tuple[float, float]] = []
     stopping = False

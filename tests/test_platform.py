@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -20,6 +21,7 @@ import pytest
 import requests
 import yaml
 
+from bench.chat_proxy import connections_per_process, process_tree
 from tests.conftest import ALICE_KEY, DB_KIND, make_async_client, make_client
 from tests.fake_upstream import FakeUpstream, chat_completion
 from tests.harness import ROOT, Database, ServerProcess
@@ -648,6 +650,138 @@ def test_request_threads_reconnect_after_postgresql_restarts(fake_upstream: Fake
     finally:
         proc.stop()
         database.stop()
+
+
+# `serve --workers N` gives each worker a listening socket of its own (SO_REUSEPORT), so the kernel,
+# not whichever worker is awake, decides who gets a connection.
+
+
+def open_keepalive_connections(proc: ServerProcess, count: int, timeout_s: float = 10) -> list[socket.socket]:
+    """`count` keep-alive connections, each having had one /healthz answered (so a worker has
+    accepted it and holds it)."""
+    request = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{proc.port}\r\n\r\n".encode()
+    connections = []
+    for _ in range(count):
+        connection = socket.create_connection(("127.0.0.1", proc.port), timeout=timeout_s)
+        connections.append(connection)
+        connection.sendall(request)
+        answer = b""
+        while not answer.endswith(b"\r\n0\r\n\r\n"):  # the end of a chunked body
+            chunk = connection.recv(4096)
+            assert chunk, f"the server closed the connection after {answer!r}"
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")
+    return connections
+
+
+def is_running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 :].split()[0] != b"Z"  # a zombie has ended
+
+
+def wait_until_gone(pids: list[int], timeout_s: float) -> list[int]:
+    """The pids still running after up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    running = [pid for pid in pids if is_running(pid)]
+    while running and time.monotonic() < deadline:
+        time.sleep(0.1)
+        running = [pid for pid in running if is_running(pid)]
+    return running
+
+
+@pytest.fixture(scope="module")
+def two_workers(database: Database, fake_upstream: FakeUpstream) -> Iterator[ServerProcess]:
+    proc = ServerProcess(
+        database, fake_upstream.base_url, env={"CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY}"}, workers=2
+    ).start()
+    yield proc
+    proc.stop()
+
+
+def test_serve_workers_share_the_connections(two_workers: ServerProcess) -> None:
+    assert two_workers.process is not None
+    connections = open_keepalive_connections(two_workers, 32)
+    try:
+        held = connections_per_process(two_workers.process.pid, two_workers.port)
+    finally:
+        for connection in connections:
+            connection.close()
+    # The kernel hashes each connection to one of two sockets: all but 3 on one worker has a
+    # probability of ~3e-6. With one shared socket, splits of 32/0 and 30/2 were the rule.
+    assert len(held) == 2, held
+    assert sum(held.values()) == 32
+    assert min(held.values()) >= 4, held
+    assert two_workers.process.pid not in held  # the parent only listens
+
+
+@pytest.mark.parametrize("occupant", ["a one-worker server", "a two-worker server"])
+def test_serve_on_a_port_in_use_is_a_one_line_error(request: pytest.FixtureRequest, occupant: str) -> None:
+    # A second server on a two-worker server's port matters most: SO_REUSEPORT would let it join
+    # the port and quietly take a share of the first one's connections.
+    holder: ServerProcess = request.getfixturevalue("server" if occupant == "a one-worker server" else "two_workers")
+    for workers in ("1", "2"):
+        result = subprocess.run(
+            [sys.executable, "manage.py", "serve", "--port", str(holder.port), "--workers", workers],
+            cwd=ROOT,
+            env=holder.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == f"serve: cannot listen on 127.0.0.1:{holder.port}: Address already in use\n"
+    assert_healthy(holder)
+    connections = open_keepalive_connections(holder, 8)
+    for connection in connections:
+        connection.close()
+
+
+def test_serve_sigterm_stops_every_worker_and_exits_0(database: Database, fake_upstream: FakeUpstream) -> None:
+    proc = ServerProcess(
+        database, fake_upstream.base_url, env={"CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY}"}, workers=2
+    )
+    proc.start()
+    assert proc.process is not None
+    try:
+        tree = process_tree(proc.process.pid)
+        connections = open_keepalive_connections(proc, 32)
+        workers = list(connections_per_process(proc.process.pid, proc.port))
+        for connection in connections:
+            connection.close()
+    finally:
+        returncode = proc.stop()
+    assert returncode == 0, proc.log()
+    assert len(workers) == 2
+    assert wait_until_gone(tree, 10) == []
+    assert proc.log().count("Finished server process") == 2  # both shut down, not killed
+
+
+def test_serve_starts_a_new_worker_when_one_dies(database: Database, fake_upstream: FakeUpstream) -> None:
+    proc = ServerProcess(
+        database, fake_upstream.base_url, env={"CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY}"}, workers=2
+    )
+    proc.start()
+    assert proc.process is not None
+    try:
+        connections = open_keepalive_connections(proc, 32)
+        victim, survivor = connections_per_process(proc.process.pid, proc.port)
+        for connection in connections:
+            connection.close()
+        os.kill(victim, signal.SIGKILL)
+        wait_for_text(proc.log_path, f"Worker [{victim}] exited with -9; starting another.", 10)
+        # Connections the kernel hashes to the dead worker's socket wait in its backlog for the
+        # new worker (its start-up takes seconds), so every one of them is answered.
+        connections = open_keepalive_connections(proc, 32, timeout_s=60)
+        held = connections_per_process(proc.process.pid, proc.port)
+        for connection in connections:
+            connection.close()
+        assert len(held) == 2 and survivor in held and victim not in held, held
+    finally:
+        returncode = proc.stop()
+    assert returncode == 0, proc.log()
 
 
 # --- the /v1/rubra tier ----------------------------------------------------------------------------
