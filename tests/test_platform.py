@@ -692,6 +692,31 @@ def wait_until_gone(pids: list[int], timeout_s: float) -> list[int]:
     return running
 
 
+def data_segments_received(connection: socket.socket) -> int:
+    """tcpi_data_segs_in of Linux's struct tcp_info: TCP segments with data that came in."""
+    info = connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int.from_bytes(info[152:156], sys.byteorder)
+
+
+def test_an_answer_head_and_body_arrive_in_one_segment(server: ServerProcess) -> None:
+    # uvicorn writes the head and the body separately; serve's protocol sends them as one write
+    # (http_protocol.py), which on loopback is one segment. Two writes would make it 2 per answer.
+    [connection] = open_keepalive_connections(server, 1)
+    try:
+        before = data_segments_received(connection)
+        for _ in range(10):
+            connection.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
+            answer = b""
+            while not answer.endswith(b"\r\n0\r\n\r\n"):
+                chunk = connection.recv(65536)
+                assert chunk, f"the server closed the connection after {answer!r}"
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 ")
+        assert data_segments_received(connection) - before == 10
+    finally:
+        connection.close()
+
+
 @pytest.fixture(scope="module")
 def two_workers(database: Database, fake_upstream: FakeUpstream) -> Iterator[ServerProcess]:
     proc = ServerProcess(

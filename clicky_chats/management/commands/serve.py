@@ -60,7 +60,8 @@ class Command(BaseCommand):
             port=port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            # httptools, with a response's head and body in one write (http_protocol.py).
+            http="clicky_chats.http_protocol:CoalescingHttpToolsProtocol",
             lifespan="on",
             access_log=False,
             log_config=None,  # keep Django's LOGGING; uvicorn's own config would drop its handlers
