@@ -24,7 +24,7 @@ from django.conf import settings
 
 from agents import bus, progress, server_calls, toolbox
 from agents.db import db
-from agents.runs import MAX_ATTEMPTS, LeaseLost, run_release, run_renew
+from agents.runs import MAX_ATTEMPTS, LeaseLost, run_release, run_renew, run_status
 from api_v1.models import Run
 from clicky_chats import upstream
 from clicky_chats.config import env_float, env_int
@@ -34,8 +34,12 @@ from clicky_chats.sse import SSEReader
 
 log = logging.getLogger("clicky_chats.agents")
 
-# Deltas are written at most this often, so a long answer costs tens of writes, not thousands.
+# Deltas are written at most every FLUSH_EVERY_S at first, so a long answer costs tens of writes,
+# not thousands; after the first second the window widens with the answer's age (a tenth of it, up
+# to MAX_FLUSH_EVERY_S), so a slow answer's writes grow with the log of its length, not with it.
 FLUSH_EVERY_S = 0.1
+FLUSH_WIDENING = 0.1
+MAX_FLUSH_EVERY_S = 1.0
 # A server call's tool events wait this long for its output, to be written with it in one go.
 HOLD_EVENTS_S = 0.1
 
@@ -63,7 +67,14 @@ class Settings:
 
     @property
     def heartbeat_s(self) -> float:
+        """How often the agent looks at a run it drives: cancelled, expired, or claimed by another."""
         return min(self.lease_s / 3, 1.0)
+
+    @property
+    def renew_every_s(self) -> float:
+        """How often it extends the lease, a write: a third of the lease, so two thirds are always
+        left, and a long answer costs a renewal every 10 s (the default lease), not every second."""
+        return self.lease_s / 3
 
 
 async def drive(claim: progress.Claim, config: Settings) -> None:
@@ -106,14 +117,19 @@ async def _stopped(run_id: str, fence: int, reason: str) -> None:
 async def _heartbeat(
     run_id: str, fence: int, config: Settings, work: asyncio.Task[Any], stop: dict[str, str], expires: int | None
 ) -> None:
-    """Renews the lease every heartbeat_s, and looks at once when told the run was cancelled.
-    `expires` is the run's expires_at, as the claim read it."""
+    """Looks at the run every heartbeat_s (at once when told it was cancelled) and renews the lease
+    every renew_every_s. `expires` is the run's expires_at, as the claim read it."""
     cancelled = bus.Waiter(bus.cancel_key(run_id))
+    renewed = time.monotonic()  # the claim has just set the lease
     try:
         while True:
             await cancelled.wait(config.heartbeat_s)
             try:
-                status = await db(run_renew, run_id, fence, config.lease_s)
+                if time.monotonic() - renewed >= config.renew_every_s - config.heartbeat_s / 2:
+                    status = await db(run_renew, run_id, fence, config.lease_s)
+                    renewed = time.monotonic()
+                else:
+                    status = await db(run_status, run_id, fence)  # a read: no write transaction
             except LeaseLost:
                 stop["reason"] = "lost"
                 work.cancel()
@@ -278,6 +294,7 @@ class TurnWriter:
     calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     known_calls: int = 0
     last_flush: float = 0.0
+    first_flush: float | None = None  # when the answer's first delta was written
     usage: dict[str, Any] = field(default_factory=dict)
     finish_reason: str | None = None
     # Functions the agent runs itself: their calls are kept aside, not streamed as the client's.
@@ -323,11 +340,25 @@ class TurnWriter:
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
 
+    def window_s(self, now: float) -> float:
+        """How long pending deltas may wait now: FLUSH_EVERY_S, widening as the answer goes on."""
+        age = 0.0 if self.first_flush is None else now - self.first_flush
+        return min(MAX_FLUSH_EVERY_S, max(FLUSH_EVERY_S, age * FLUSH_WIDENING))
+
+    def flush_in(self) -> float | None:
+        """Seconds until pending deltas are due (None when nothing waits)."""
+        if not self.pending():
+            return None
+        now = time.monotonic()
+        return max(0.0, self.last_flush + self.window_s(now) - now)
+
     async def flush(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not self.pending() or (not force and now - self.last_flush < FLUSH_EVERY_S):
+        if not self.pending() or (not force and now - self.last_flush < self.window_s(now)):
             return
         self.last_flush = now
+        if self.first_flush is None:
+            self.first_flush = now
         if self.pieces:
             pieces, self.pieces = self.pieces, []
             if self.message_step is None:
@@ -370,7 +401,7 @@ async def _model_turn(
         while True:
             if pending_read is None:
                 pending_read = asyncio.ensure_future(answer.content.readany())
-            timeout = FLUSH_EVERY_S if writer.pending() else None
+            timeout = writer.flush_in()
             done, _ = await asyncio.wait({pending_read}, timeout=timeout)
             if not done:
                 await writer.flush()

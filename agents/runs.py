@@ -319,6 +319,14 @@ def run_renew(run_id: str, fence: int, lease_s: float) -> str:
     return status
 
 
+def run_status(run_id: str, fence: int) -> str:
+    """The run's status, read only; raises LeaseLost if this claim is gone (a newer fence)."""
+    found = Run.objects.filter(pk=run_id).values_list("status", "fence").first()
+    if found is None or found[1] != fence:
+        raise LeaseLost(run_id)
+    return found[0]
+
+
 def run_release(run_id: str, fence: int) -> None:
     """Gives the run back without finishing it, so another agent can take it at once."""
     Run.objects.filter(pk=run_id, fence=fence).update(lease_owner=None, lease_expires_at=None)

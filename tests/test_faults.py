@@ -377,6 +377,35 @@ def test_an_agent_paused_past_its_lease_is_fenced_out_when_it_wakes(
     assert run_row(fault_server, run.id) == row_before
 
 
+@postgres_only
+def test_an_answer_longer_than_the_lease_stays_with_the_agent_that_claimed_it(
+    database: Database, fake_upstream: FakeUpstream
+) -> None:
+    """The heartbeat looks at the run every second but renews the lease only every third of it (a
+    write saved); renewed that way, an answer that outlasts the lease is never taken over. Its own
+    server and agents: a 6 s lease, renewed every 2 s."""
+    lease = {**FAULT_ENV, "CLICKY_CHATS_RUN_LEASE_S": "6"}
+    server = ServerProcess(database, fake_upstream.base_url, env=lease, with_agents=False).start()
+    started = start_agents(server)
+    try:
+        with make_client(server) as client:
+            fake_upstream.script("chat/completions", slow_answer("Slow but sure.", pieces=20, interval_s=0.45))
+            assistant_id, thread_id = new_thread(client)
+            run = client.beta.threads.runs.create(thread_id, assistant_id=assistant_id)
+            finished = wait_for_status(client, thread_id, run.id, *TERMINAL, within_s=40)
+            assert finished.status == "completed", finished.last_error
+            assert finished.completed_at - finished.started_at >= 8  # the answer outlasted the lease
+            assert_one_answer(client, thread_id, run.id, "Slow but sure.")
+            row = run_row(server, run.id)
+            assert (row["fence"], row["attempts"]) == (1, 1)  # claimed once, by one agent
+            assert len([r for r in fake_upstream.requests if r.path == "chat/completions"]) == 1
+        for agent in started:
+            assert "lease lost" not in agent.log() and "Traceback" not in agent.log(), agent.log()
+    finally:
+        stop_agents(started)
+        server.stop()
+
+
 def row_locked(server: ServerProcess, run_id: str) -> bool:
     """True while some transaction holds the run's row lock (taken and let go at once otherwise)."""
     with connect(server) as conn, conn.cursor() as cursor:

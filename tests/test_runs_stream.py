@@ -306,6 +306,22 @@ def test_a_thousand_token_answer_is_whole_and_stored_as_few_deltas(kit: RunKit) 
     assert message.content[0].text.value == "".join(tokens)
 
 
+def test_a_slow_answer_is_stored_in_deltas_that_widen_as_it_goes_on(kit: RunKit) -> None:
+    """At 100 tokens/s a 0.1 s window would store a five-second answer as ~50 deltas; the window
+    widens after the first second (a tenth of the answer's age), so it takes about half that. The
+    first second still streams at the 0.1 s pace."""
+    assistant = kit.assistant()
+    thread = kit.thread("Count slowly.")
+    tokens = [f"s{index} " for index in range(500)]
+    kit.fake.script("chat/completions", Reply.stream(answer(*tokens), interval_s=0.01))
+
+    events = sse_post(kit.server, f"threads/{thread.id}/runs", {"assistant_id": assistant.id})
+
+    deltas = [data for name, data in events if name == "thread.message.delta"]
+    assert "".join(delta["delta"]["content"][0]["text"]["value"] for delta in deltas) == "".join(tokens)
+    assert 5 <= len(deltas) <= 36, len(deltas)
+
+
 def test_an_async_handler_streams_the_text(kit: RunKit) -> None:
     assistant = kit.assistant()
     thread = kit.thread("Async, please.")
