@@ -186,7 +186,8 @@ def check_run_body(project: str, body: dict[str, Any], prefix: str = "") -> dict
         "max_completion_tokens": body.get("max_completion_tokens"),
         "truncation_strategy": truncation,
         "tool_choice": tool_choice,
-        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        # An explicit null means "not given", as the spec allows it: the column takes no NULL.
+        "parallel_tool_calls": body["parallel_tool_calls"] if body.get("parallel_tool_calls") is not None else True,
         "response_format": None if response_format == "auto" else response_format,
         "reasoning_effort": body.get("reasoning_effort") or assistant.reasoning_effort,
         "_additional_messages": additional,

@@ -511,11 +511,6 @@ def test_token_limits_take_any_64_bit_integer_and_refuse_larger(kit: RunKit) -> 
     assert list(kit.runs.list(other.id)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agents/runs.py check_run_body stores body.get('parallel_tool_calls', True), None for an explicit "
-    "null, into a NOT NULL column: a 500 (IntegrityError) on both databases; not ours to fix in agents/",
-)
 def test_parallel_tool_calls_null_means_not_given(kit: RunKit) -> None:
     # Found by Schemathesis (POST /v1/threads/runs with "parallel_tool_calls": null, which the spec
     # allows). Raw HTTP: the SDK leaves a None argument out instead of sending null.
