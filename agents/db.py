@@ -24,7 +24,7 @@ RECONNECT_FOR_S = 60.0
 _SESSION_ENDED_SQLSTATES = frozenset({"25P03"})
 
 
-def _connection_lost(exc: DatabaseError) -> bool:
+def connection_lost(exc: DatabaseError) -> bool:
     """True when `exc` means the connection is gone (retry on a new one), not that the SQL failed."""
     if connection.vendor == "sqlite":
         return isinstance(exc, OperationalError) and "locked" in str(exc)
@@ -80,7 +80,7 @@ async def db(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await call(*args, **kwargs)
         except DatabaseError as exc:
-            if not _connection_lost(exc) or waited >= RECONNECT_FOR_S:
+            if not connection_lost(exc) or waited >= RECONNECT_FOR_S:
                 raise
             log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
             await sync_to_async(_reset_connection, thread_sensitive=True)()

@@ -7,9 +7,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DatabaseError, transaction
 
 from agents import server_calls
+from agents.db import connection_lost
 from agents.runs import (
     MAX_ATTEMPTS,
     Events,
@@ -61,27 +62,30 @@ class Claim:
 
 def claim(owner: str, capacity: int, lease_s: float) -> list[Claim]:
     """Claims up to `capacity` runs and begins each (in_progress, its first model request) in the
-    same transaction: one commit before the model is called, not two.
+    same transaction, the claim and the begin one UPDATE of each run: one commit before the model
+    is called, not two.
 
-    A run that cannot be begun here (a bug in its data, say) is still claimed, with no turn: the
-    engine begins it on its own and fails it the usual way, and the other claims stand."""
-    claims: list[Claim] = []
+    Should beginning fail (a bug meeting some run's data), the runs are claimed again without it,
+    and the engine begins each on its own, which fails that run the usual way."""
+    try:
+        return _claim(owner, capacity, lease_s, begin=True)
+    except Exception as exc:
+        if isinstance(exc, DatabaseError) and connection_lost(exc):
+            raise  # db() reconnects and tries it all again
+        log.exception("could not begin the runs with their claim; claiming them alone")
+        return _claim(owner, capacity, lease_s, begin=False)
+
+
+def _claim(owner: str, capacity: int, lease_s: float, *, begin: bool) -> list[Claim]:
+    turns: dict[str, TurnContext] = {}
+
+    def begin_claimed(run: Run, events: Events) -> None:
+        if run.attempts <= MAX_ATTEMPTS:  # past it the engine fails the run instead
+            turns[run.id] = _begin_locked(run, events, continuing=False, with_toolbox=True)
+
     with transaction.atomic():
-        for run in claim_runs(owner, capacity, lease_s):
-            turn: TurnContext | None = None
-            if run.attempts <= MAX_ATTEMPTS:  # past it the engine fails the run instead
-                try:
-                    with transaction.atomic():  # a savepoint: undoes this run's begin, not the claims
-                        events = Events(run)
-                        turn = _begin_locked(run, events, continuing=False, with_toolbox=True)
-                        events.flush()
-                except Exception:
-                    if connection.needs_rollback:  # the savepoint could not be undone: retry it all
-                        raise
-                    log.exception("run %s: could not begin with its claim; beginning it apart", run.id)
-                    turn = None
-            claims.append(Claim(run.id, run.fence, run.attempts, run.expires_at, turn))
-    return claims
+        claimed = claim_runs(owner, capacity, lease_s, begin_claimed if begin else None)
+    return [Claim(run.id, run.fence, run.attempts, run.expires_at, turns.get(run.id)) for run in claimed]
 
 
 def begin(run_id: str, fence: int, *, continuing: bool = False, with_toolbox: bool = True) -> TurnContext:
@@ -96,6 +100,7 @@ def _begin_locked(run: Run, events: Events, *, continuing: bool, with_toolbox: b
     the run's server tools are built from, which the engine needs once per claim."""
     if run.status in ("cancelling", *Run.TERMINAL):
         return TurnContext(run.id, run.status, run.model, {}, None, 0)
+    never_begun = run.started_at is None  # so it has no steps yet
     if run.status == "queued":
         run.status = "in_progress"
         if run.started_at is None:
@@ -107,7 +112,7 @@ def _begin_locked(run: Run, events: Events, *, continuing: bool, with_toolbox: b
         # agent makes the call again, so the thread ends with exactly one answer.
         RunStep.objects.filter(run=run, status="in_progress").delete()
         Message.objects.filter(run_id=run.id, status="in_progress").delete()
-    steps = list(RunStep.objects.filter(run=run).order_by("created_ns", "pk"))
+    steps = [] if never_begun else list(RunStep.objects.filter(run=run).order_by("created_ns", "pk"))
     context = _turn_context(run, steps)
     if with_toolbox:
         context.toolbox_inputs = server_calls.toolbox_inputs(run)

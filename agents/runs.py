@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Q
 
 from agents import bus
 from api_v1 import render
@@ -48,6 +48,7 @@ class Events:
         # Run fields changed in this transaction that flush() saves with the event counter, in one
         # UPDATE instead of two.
         self.run_fields: set[str] = set()
+        self.written = False  # the last flush inserted events
 
     def save_run(self, *fields: str) -> None:
         """Saves these fields of the run when the events are written (at the end of locked_run)."""
@@ -61,25 +62,45 @@ class Events:
     def run_event(self, status_event: str | None = None) -> None:
         self.add(f"thread.run.{status_event or self.run.status}", render.run(self.run, "rubra"))
 
-    def flush(self) -> None:
+    def flush(self, only_if: Q | None = None) -> bool:
+        """Writes the pending events and the run's changed fields. With `only_if`, the run's UPDATE
+        is a compare-and-set on it (False when it matched nothing)."""
         fields, self.run_fields = self.run_fields, set()
-        if not self.pending:
-            if fields:
+        self.written = bool(self.pending)
+        if self.pending:
+            start = self.run.next_event_index
+            now = time.time()
+            RunEvent.objects.bulk_create(
+                RunEvent(run_id=self.run.id, index=start + offset, event=event, data=data, created_at=now)
+                for offset, (event, data) in enumerate(self.pending)
+            )
+            self.run.next_event_index = start + len(self.pending)
+            fields.add("next_event_index")
+        if fields:
+            if only_if is None and self.pending:
+                Run.objects.filter(pk=self.run.id).update(**{name: getattr(self.run, name) for name in fields})
+            elif only_if is None:
                 self.run.save(update_fields=sorted(fields))
-            return
-        start = self.run.next_event_index
+            elif not Run.objects.filter(only_if, pk=self.run.id).update(
+                **{name: getattr(self.run, name) for name in fields}
+            ):
+                return False
+        if self.pending:
+            self.pending.clear()
+            bus.publish(self.run.id)
+        return True
+
+    def flush_new(self) -> None:
+        """flush() for a run not stored yet: it is inserted with its event counter already set, and
+        its events announced to nobody (no stream can wait on a run before it exists)."""
+        self.run.next_event_index = len(self.pending)
+        self.run.save(force_insert=True)
         now = time.time()
         RunEvent.objects.bulk_create(
-            RunEvent(run_id=self.run.id, index=start + offset, event=event, data=data, created_at=now)
-            for offset, (event, data) in enumerate(self.pending)
+            RunEvent(run_id=self.run.id, index=index, event=event, data=data, created_at=now)
+            for index, (event, data) in enumerate(self.pending)
         )
-        self.run.next_event_index = start + len(self.pending)
-        if fields:
-            self.run.save(update_fields=sorted(fields | {"next_event_index"}))
-        else:
-            Run.objects.filter(pk=self.run.id).update(next_event_index=self.run.next_event_index)
         self.pending.clear()
-        bus.publish(self.run.id)
 
 
 def new_step(run: Run, events: Events, kind: str, details: dict[str, Any]) -> RunStep:
@@ -221,7 +242,7 @@ def run_create(
         for message in additional:
             thread_flows.new_message(project, thread, message)
         now = now_seconds()
-        run = Run.objects.create(
+        run = Run(
             id=new_id("run_"),
             project=project,
             thread=thread,
@@ -236,7 +257,7 @@ def run_create(
             events.add("thread.created", thread_event)
         events.run_event("created")
         events.run_event("queued")
-        events.flush()
+        events.flush_new()
         bus.publish(bus.QUEUE)
     return run
 
@@ -285,9 +306,13 @@ def run_update(project: str, thread_id: str, run_id: str, body: dict[str, Any]) 
 # --- claiming (agents) -------------------------------------------------------------------------
 
 
-def claim_runs(owner: str, capacity: int, lease_s: float) -> list[Run]:
+def claim_runs(
+    owner: str, capacity: int, lease_s: float, begin: Callable[[Run, Events], None] | None = None
+) -> list[Run]:
     """Claims up to `capacity` runs whose lease is free, inside the caller's transaction; returns
-    them as now stored, each with its new fencing token and attempt count.
+    them as now stored, each with its new fencing token and attempt count. `begin`, given, starts
+    each run's work in the same transaction: what it changes of the run is written with the claim,
+    in one UPDATE, and the events it adds with it.
 
     The claim is a compare-and-set on the fencing token, so two agents racing for one run cannot
     both win; on PostgreSQL, SKIP LOCKED keeps them from even queueing on the same rows (and the
@@ -299,13 +324,17 @@ def claim_runs(owner: str, capacity: int, lease_s: float) -> list[Run]:
         candidates = candidates.select_for_update(skip_locked=True, of=("self",))
     claimed: list[Run] = []
     for run in list(candidates[:capacity]):
-        won = Run.objects.filter(free, pk=run.id, fence=run.fence, status__in=CLAIMABLE).update(
-            lease_owner=owner, lease_expires_at=now + lease_s, fence=run.fence + 1, attempts=F("attempts") + 1
-        )
-        if won:
-            run.lease_owner, run.lease_expires_at = owner, now + lease_s
-            run.fence, run.attempts = run.fence + 1, run.attempts + 1
+        seen_fence = run.fence
+        run.lease_owner, run.lease_expires_at = owner, now + lease_s
+        run.fence, run.attempts = seen_fence + 1, run.attempts + 1
+        events = Events(run)
+        events.save_run("lease_owner", "lease_expires_at", "fence", "attempts")
+        if begin is not None:
+            begin(run, events)
+        if events.flush(only_if=Q(free, fence=seen_fence, status__in=CLAIMABLE)):
             claimed.append(run)
+        elif events.written:  # lost the compare-and-set after writing events: undo it all
+            raise LeaseLost(run.id)
     return claimed
 
 

@@ -389,7 +389,7 @@ def test_an_answer_longer_than_the_lease_stays_with_the_agent_that_claimed_it(
     started = start_agents(server)
     try:
         with make_client(server) as client:
-            fake_upstream.script("chat/completions", slow_answer("Slow but sure.", pieces=20, interval_s=0.45))
+            fake_upstream.script("chat/completions", slow_answer("Slow but sure.", pieces=14, interval_s=0.6))
             assistant_id, thread_id = new_thread(client)
             run = client.beta.threads.runs.create(thread_id, assistant_id=assistant_id)
             finished = wait_for_status(client, thread_id, run.id, *TERMINAL, within_s=40)
@@ -403,6 +403,38 @@ def test_an_answer_longer_than_the_lease_stays_with_the_agent_that_claimed_it(
             assert "lease lost" not in agent.log() and "Traceback" not in agent.log(), agent.log()
     finally:
         stop_agents(started)
+        server.stop()
+
+
+@postgres_only
+def test_a_run_that_cannot_be_begun_fails_alone(database: Database, fake_upstream: FakeUpstream) -> None:
+    """An agent claims and begins runs in one transaction. When beginning fails (here: a stored
+    message the engine cannot read), the runs are claimed without it and each begun on its own: the
+    bad one fails with server_error, the one claimed beside it is answered. Its own server and
+    agent, since a failure here leaves a traceback in the agent's log."""
+    server = ServerProcess(database, fake_upstream.base_url, env=FAULT_ENV, with_agents=False).start()
+    (agent,) = start_agents(server, count=1)
+    try:
+        with make_client(server) as client:
+            fake_upstream.script("chat/completions", slow_answer("The good run's answer.", pieces=2, interval_s=0.0))
+            assistant_id, bad_thread = new_thread(client)
+            good_thread = client.beta.threads.create(messages=[{"role": "user", "content": "Hello?"}]).id
+            with connect(server) as conn:
+                conn.execute(
+                    "UPDATE api_v1_message SET content = %s WHERE thread_id = %s", ['[{"type": "text"}]', bad_thread]
+                )
+            bad = client.beta.threads.runs.create(bad_thread, assistant_id=assistant_id)
+            good = client.beta.threads.runs.create(good_thread, assistant_id=assistant_id)
+            bad = wait_for_status(client, bad_thread, bad.id, *TERMINAL, within_s=TAKEOVER_S)
+            assert bad.status == "failed" and bad.last_error is not None
+            assert bad.last_error.code == "server_error"
+            good = wait_for_status(client, good_thread, good.id, *TERMINAL, within_s=TAKEOVER_S)
+            assert good.status == "completed", good.last_error
+            assert_one_answer(client, good_thread, good.id, "The good run's answer.")
+        assert "could not begin the runs with their claim" in agent.log()
+        assert agent.process is not None and agent.process.poll() is None
+    finally:
+        stop_agents([agent])
         server.stop()
 
 
