@@ -11,10 +11,27 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], *, within_s: float = 15.0, what: str, poll_s: float = 0.02) -> T:
+    """Polls `condition` until it returns something truthy, and returns that; fails the test at the
+    deadline, naming `what` it waited for. Deadlines are generous: they bound a failing test only."""
+    deadline = time.monotonic() + within_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {within_s} s waiting for {what}")
+        time.sleep(poll_s)
+
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,8 +4,7 @@ reader for the checks the SDK's stream helpers hide."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -17,25 +16,13 @@ from openai.types.beta.threads import Run
 
 from tests.conftest import ALICE_KEY
 from tests.fake_upstream import FakeUpstream, chat_chunk
-from tests.harness import ServerProcess
+from tests.harness import ServerProcess, wait_until
 
 MODEL = "fake-model"
 POLL_MS = 50  # the SDK's poll helpers otherwise wait a second between looks
 DEADLINE_S = 10.0
 TERMINAL = ("completed", "failed", "cancelled", "expired", "incomplete")
 USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
-
-
-def wait_until(condition: Callable[[], Any], *, within_s: float = DEADLINE_S, what: str) -> Any:
-    """Polls `condition` until it returns something truthy; fails the test at the deadline."""
-    deadline = time.monotonic() + within_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {within_s} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class RunKit:

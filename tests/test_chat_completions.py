@@ -8,7 +8,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx2  # the HTTP client this SDK version is built on
@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from tests.conftest import ALICE_KEY, make_async_client, make_client
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunk, chat_completion, text_stream
-from tests.harness import Database, ServerProcess, free_port
+from tests.harness import Database, ServerProcess, free_port, wait_until
 
 MODEL = "fake-model"
 USER = [{"role": "user", "content": "Say hello."}]
@@ -54,14 +54,6 @@ def raw_post(
         stream=stream,
         timeout=20,
     )
-
-
-def wait_until(condition: Callable[[], bool], *, within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {within_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def assert_healthy(server: ServerProcess) -> None:

@@ -19,9 +19,9 @@ from aiohttp import web
 
 from tests.conftest import ALICE_KEY, BOB_KEY, make_client
 from tests.fake_upstream import FakeUpstream, Reply, chat_completion
-from tests.harness import Database, ServerProcess, free_port
+from tests.harness import Database, ServerProcess, free_port, wait_until
 from tests.runs_support import MODEL, POLL_MS, RunKit, answer, tool_call_answer
-from tests.tools_support import McpSite, Site, mcp_site, read_sse, site, sse_get, tool_server, wait_for, xapi
+from tests.tools_support import McpSite, Site, mcp_site, read_sse, site, sse_get, tool_server, xapi
 
 __all__ = ["mcp_site", "site"]  # fixtures, imported for pytest
 
@@ -386,7 +386,7 @@ def test_step_events_stream_live_while_a_tool_runs(kit: RunKit, tools_server: Se
         steps = kit.runs.steps.list(run.id, thread_id=thread.id).data
         return next((s for s in steps if s.type == "tool_calls"), None)
 
-    step = wait_for(tool_step, what="the tool_calls step")
+    step = wait_until(tool_step, what="the tool_calls step")
     opened = time.time()
     streamed = sse_get(
         tools_server, f"/v1/rubra/x/threads/{thread.id}/runs/{run.id}/steps/{step.id}/events?stream=true"
@@ -416,12 +416,12 @@ def test_a_slow_tools_start_is_listed_while_it_runs(kit: RunKit, tools_server: S
         steps = kit.runs.steps.list(run.id, thread_id=thread.id).data
         return next((s for s in steps if s.type == "tool_calls"), None)
 
-    step = wait_for(tool_step, what="the tool_calls step")
+    step = wait_until(tool_step, what="the tool_calls step")
 
     def started_only() -> bool:
         return [event["type"] for event in step_events(tools_server, run, step)] == ["callStart"]
 
-    wait_for(started_only, what="callStart listed while the tool still runs")
+    wait_until(started_only, what="callStart listed while the tool still runs")
     assert kit.poll(run).status == "completed"
     events = step_events(tools_server, run, step)
     assert [event["type"] for event in events] == ["callStart", "callFinish"]
@@ -521,7 +521,7 @@ def run_waiting_for_confirmation(kit: RunKit, server: ServerProcess, text: str =
         Reply.stream(answer("Finished.")),
     )
     run = kit.runs.create(thread_id=thread.id, assistant_id=assistant.id)
-    waiting = wait_for(
+    waiting = wait_until(
         lambda: (found := rubra_run(server, thread.id, run.id))["status"] == "requires_confirmation" and found,
         what="the run to wait for confirmation",
     )
@@ -630,11 +630,11 @@ def test_a_v1_stream_goes_on_through_a_confirmation_it_cannot_see(kit: RunKit, t
     with make_client(
         tools_server
     ) as plain:  # /v1: the run may already wait, which the strict SDK cannot read on /v1/rubra
-        run = wait_for(
+        run = wait_until(
             lambda: next(iter(plain.beta.threads.runs.list(thread_id=thread.id).data), None),
             what="the streamed run to be created",
         )
-    wait_for(
+    wait_until(
         lambda: rubra_run(tools_server, thread.id, run.id)["status"] == "requires_confirmation",
         what="the run to wait for confirmation",
     )
@@ -712,7 +712,7 @@ def test_a_run_waiting_for_confirmation_still_expires(quick_expiry: ServerProces
         run, waiting = run_waiting_for_confirmation(kit, quick_expiry)
         assert waiting["expires_at"] - waiting["created_at"] == 3
 
-        expired = wait_for(
+        expired = wait_until(
             lambda: (found := rubra_run(quick_expiry, run.thread_id, run.id))["status"] == "expired" and found,
             what="the run to expire",
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from tests.conftest import ALICE_KEY, BOB_KEY, running_stack
 from tests.fake_upstream import FakeUpstream
-from tests.harness import Database, ServerProcess, free_port
+from tests.harness import Database, ServerProcess, free_port, wait_until
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -80,17 +79,6 @@ def sse_get(server: ServerProcess, path: str, *, key: str = ALICE_KEY, timeout_s
         f"{server.url}{path}", headers={"Authorization": f"Bearer {key}"}, stream=True, timeout=(5, timeout_s)
     )
     return read_sse(response)
-
-
-def wait_for(condition: Callable[[], Any], *, within_s: float = 15.0, what: str) -> Any:
-    deadline = time.monotonic() + within_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {within_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 # --- a loopback web site -----------------------------------------------------------------------
@@ -206,7 +194,7 @@ class McpSite:
 
     def start(self) -> McpSite:
         self.thread.start()
-        wait_for(lambda: self.server.started, within_s=20, what="the MCP server to start")
+        wait_until(lambda: self.server.started, within_s=20, what="the MCP server to start")
         return self
 
     def stop(self) -> None:
