@@ -262,7 +262,14 @@ async def latency_phase(
     """Streamed runs interleaved with the same streamed call straight to the fake, in random order
     within each pair, so noise from elsewhere lands on both sides alike."""
     ours, fake = Peer("127.0.0.1", server.port), Peer("127.0.0.1", upstream.port)
-    chat = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "stream": True}
+    # The request the engine makes, usage included: without stream_options the fake leaves out the
+    # usage chunk, and the direct side would end one paced chunk (5 ms) before the run's model call.
+    chat = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     direct_total: list[float] = []
     direct_first: list[float] = []
     run_total: list[float] = []
