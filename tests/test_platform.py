@@ -809,6 +809,36 @@ def test_serve_starts_a_new_worker_when_one_dies(database: Database, fake_upstre
     assert returncode == 0, proc.log()
 
 
+def test_serve_sighup_replaces_every_worker(database: Database, fake_upstream: FakeUpstream) -> None:
+    proc = ServerProcess(
+        database, fake_upstream.base_url, env={"CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY}"}, workers=2
+    )
+    proc.start()
+    assert proc.process is not None
+    try:
+        connections = open_keepalive_connections(proc, 32)
+        old = list(connections_per_process(proc.process.pid, proc.port))
+        for connection in connections:
+            connection.close()
+        assert len(old) == 2
+        proc.process.send_signal(signal.SIGHUP)
+        # Each new worker starts before its old one stops, so the port answers throughout.
+        deadline = time.monotonic() + 120
+        while wait_until_gone(old, 0) and time.monotonic() < deadline:
+            assert_healthy(proc)
+            time.sleep(0.2)
+        assert wait_until_gone(old, 0) == [], proc.log()
+        connections = open_keepalive_connections(proc, 32)
+        new = connections_per_process(proc.process.pid, proc.port)
+        for connection in connections:
+            connection.close()
+        assert len(new) == 2 and not set(new) & set(old), (old, new)
+    finally:
+        returncode = proc.stop()
+    assert returncode == 0, proc.log()
+    assert "did not start in time" not in proc.log()
+
+
 # --- the /v1/rubra tier ----------------------------------------------------------------------------
 
 

@@ -7,7 +7,8 @@ and the busy worker set the throughput. Here each worker gets its own SO_REUSEPO
 same port, and the kernel spreads connections over them by a hash of their addresses. The workers
 are still uvicorn's: the parent binds the sockets, starts `uvicorn.Server(config).run(sockets=[one])`
 in each through uvicorn's `Process` (the spawn wrapper its supervisor uses), and takes over only what
-that supervisor did with them: restart a worker that dies, stop all of them on SIGINT/SIGTERM.
+that supervisor did with them: restart a worker that dies, replace them all on SIGHUP, stop them
+all on SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from uvicorn.supervisors.multiprocess import Process
 
 # uvicorn's logger, so that the parent's lines read like the workers' own.
 log = logging.getLogger("uvicorn.error")
+WORKER_START_TIMEOUT_S = 60
 
 
 class Command(BaseCommand):
@@ -125,15 +127,22 @@ def supervise(config: uvicorn.Config, sockets: list[socket.socket]) -> int:
 
     A worker that dies is started again on its socket (while it is down, the connections the
     kernel hashes to that socket wait in its backlog); one that fails at start-up stops them all,
-    since a new one would fail the same way."""
+    since a new one would fail the same way. SIGHUP replaces the workers one at a time, as
+    uvicorn's supervisor does: each new one serves before the old one is stopped."""
     stop = threading.Event()
+    restart = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         log.info("Received %s, stopping the workers.", signal.Signals(signum).name)
         stop.set()
 
+    def request_restart(signum: int, frame: FrameType | None) -> None:
+        log.info("Received SIGHUP, replacing the workers.")
+        restart.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, request_stop)
+    signal.signal(signal.SIGHUP, request_restart)
 
     def start(sock: socket.socket) -> Process:
         process = Process(config, [sock])
@@ -143,6 +152,20 @@ def supervise(config: uvicorn.Config, sockets: list[socket.socket]) -> int:
     workers = [start(sock) for sock in sockets]
     status = 0
     while not stop.wait(0.5):
+        if restart.is_set():
+            restart.clear()
+            for index, old in enumerate(workers):
+                new = start(sockets[index])
+                # Django and the agent loop take seconds to start on a busy machine, more than
+                # uvicorn's health-check timeout.
+                if not new.wait_until_ready(WORKER_START_TIMEOUT_S, stop):
+                    new.kill()
+                    new.join()
+                    log.error("Worker [%s] did not start in time; keeping [%s].", new.pid, old.pid)
+                    break
+                old.terminate()
+                old.join()
+                workers[index] = new
         for index, worker in enumerate(workers):
             if worker.process.is_alive():
                 continue
