@@ -238,3 +238,60 @@ class AgentProcess:
 
     def stop(self) -> int | None:
         return stop_process(self.process)
+
+
+# --- a server's processes, from /proc (tests and benchmarks) ---------------------------------------
+
+
+def process_tree(root: int) -> list[int]:
+    """The root and all its descendants (`serve`'s parent process and its spawned workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces; the fields after it are fixed.
+        parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry))
+    tree, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        tree.append(pid)
+        pending.extend(children.get(pid, []))
+    return tree
+
+
+def connections_per_process(root: int, port: int) -> dict[int, int]:
+    """How many established connections to `port` each process of the tree holds (the processes
+    holding none left out): the worker that accepts a connection keeps it."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                next(handle)
+                for line in handle:
+                    fields = line.split()
+                    if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(fields[9])
+        except OSError:
+            continue
+    counts: dict[int, int] = {}
+    for pid in process_tree(root):
+        held = 0
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    held += 1
+        except OSError:
+            continue
+        if held:
+            counts[pid] = held
+    return counts

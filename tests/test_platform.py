@@ -21,10 +21,9 @@ import pytest
 import requests
 import yaml
 
-from bench.chat_proxy import connections_per_process, process_tree
 from tests.conftest import ALICE_KEY, DB_KIND, make_async_client, make_client
 from tests.fake_upstream import FakeUpstream, chat_completion
-from tests.harness import ROOT, Database, ServerProcess
+from tests.harness import ROOT, Database, ServerProcess, connections_per_process, process_tree
 
 SMALL_LIMIT = 2048
 SMALL_FILE_LIMIT = 8192
