@@ -43,6 +43,7 @@ class AgentLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: bus.Waiter | None = None
         self._hurry: asyncio.Event | None = None
+        self._claiming = False  # a run claim is in flight
 
     def run_forever(self) -> None:
         try:
@@ -65,7 +66,11 @@ class AgentLoop:
                     free = self.concurrency - len(running)
                     if free > 0:
                         # Claimed and begun in one transaction: each comes with its first model request.
-                        claimed = await db(progress.claim, self.owner, free, self.settings.lease_s)
+                        self._claiming = True
+                        try:
+                            claimed = await db(progress.claim, self.owner, free, self.settings.lease_s)
+                        finally:
+                            self._claiming = False
                     for claim in claimed:
                         task = asyncio.create_task(engine.drive(claim, self.settings))
                         running[task] = claim.run_id
@@ -102,8 +107,9 @@ class AgentLoop:
             was_full = len(running) >= self.concurrency
             running.pop(task, None)
             # A slot is free: look for work, if runs may have waited for one. While slots were free,
-            # every queued run was claimed when it was announced.
-            if was_full and self._wake is not None:
+            # every queued run was claimed when it was announced; but a claim under way asked for
+            # the slots free when it began, not this one.
+            if (was_full or self._claiming) and self._wake is not None:
                 self._wake.event.set()
 
         return done

@@ -438,6 +438,38 @@ def test_a_run_that_cannot_be_begun_fails_alone(database: Database, fake_upstrea
         server.stop()
 
 
+@postgres_only
+def test_a_slot_freed_while_the_agent_claims_is_filled_without_waiting_for_a_poll(
+    database: Database, fake_upstream: FakeUpstream
+) -> None:
+    """Runs claimed together end together; the slot one frees while the agent is claiming for the
+    other must be filled at once, not at the next idle poll (30 s here, so a missed wake-up cannot
+    hide behind a short one). The runs are queued before the agent (two slots) starts, so its first
+    claim takes two. Its own server and agent."""
+    server = ServerProcess(database, fake_upstream.base_url, env=FAULT_ENV, with_agents=False).start()
+    agent = AgentProcess(server, "--concurrency", "2", "--poll-interval", "30")
+    try:
+        with make_client(server) as client:
+            count = 8
+            fake_upstream.script(
+                "chat/completions", *[slow_answer("Answered.", pieces=2, interval_s=0.1) for _ in range(count)]
+            )
+            assistant_id, _ = new_thread(client)
+            threads = [
+                client.beta.threads.create(messages=[{"role": "user", "content": "Hi?"}]).id for _ in range(count)
+            ]
+            made = [client.beta.threads.runs.create(thread, assistant_id=assistant_id) for thread in threads]
+            agent.start()
+            started = time.monotonic()
+            finished = [wait_for_status(client, run.thread_id, run.id, *TERMINAL, within_s=25) for run in made]
+            assert [run.status for run in finished] == ["completed"] * count
+            assert time.monotonic() - started < 25  # four rounds of two; a missed wake-up costs 30 s
+        assert "Traceback" not in agent.log()
+    finally:
+        stop_agents([agent])
+        server.stop()
+
+
 def row_locked(server: ServerProcess, run_id: str) -> bool:
     """True while some transaction holds the run's row lock (taken and let go at once otherwise)."""
     with connect(server) as conn, conn.cursor() as cursor:
