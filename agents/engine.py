@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from django.conf import settings
 from agents import bus, progress, server_calls, toolbox
 from agents.db import db
 from agents.runs import MAX_ATTEMPTS, LeaseLost, run_release, run_renew, run_status
+from api_rubrax import tool_events
 from api_v1.models import Run
 from clicky_chats import upstream
 from clicky_chats.config import env_float, env_int
@@ -223,6 +223,13 @@ async def _run_server_calls(
             held = HeldToolEvents(run_id, fence, step_id, {"tool_call_id": call["id"], "run_id": run_id})
             try:
                 result = await tool.call(call["arguments"], held.emit)
+            except Exception:
+                # The run fails over it (drive); what the tool said before it broke stays on record.
+                unwritten = await held.close()
+                if unwritten:
+                    with contextlib.suppress(Exception):
+                        await db(server_calls.record_tool_events, run_id, fence, step_id, unwritten)
+                raise
             finally:
                 remaining = await held.close()
             last = server_calls.ServerOutput(call["id"], result.output, result.record, remaining)
@@ -243,7 +250,8 @@ class HeldToolEvents:
         self.closed = False
 
     async def emit(self, event_type: str, **data: Any) -> None:
-        self.held.append((event_type, {**self.extra, **_jsonable(data)}, time.time()))
+        # As api_rubrax/tool_events.py's own emitter stores what a tool says.
+        self.held.append((event_type, {**self.extra, **tool_events._jsonable(data)}, time.time()))
         if self.writer is None or self.writer.done():
             self.writer = asyncio.create_task(self._write_later())
 
@@ -274,11 +282,6 @@ class HeldToolEvents:
                     await self.writer
         held, self.held = self.held, []
         return held
-
-
-def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
-    """What a tool emits, as JSON can store it (the way api_rubrax/tool_events.py's emitter does)."""
-    return json.loads(json.dumps(data, default=str))
 
 
 @dataclass
