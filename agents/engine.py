@@ -1,11 +1,13 @@
 """Advancing one claimed run, top to bottom:
 
-1. begin: the run goes in_progress; gather the conversation for the model.
+1. begin: the run goes in_progress; gather the conversation for the model (done by the claim's
+   own transaction, agents/progress.py claim, for a claim's first turn).
 2. call the model, streaming; write the answer as it arrives (coalesced) as a message, and any
    function calls as a tool_calls step.
-3. finish the turn: completed, incomplete (token limits), or requires_action (function calls).
-Beside it a heartbeat renews the lease, and stops the work when the run is cancelled, expires,
-or this agent's claim is lost. Every write carries the claim's fencing token.
+3. finish the turn: completed, incomplete (token limits), or requires_action (function calls); or
+   run the server-side tools the model called, the last output stored with the next turn's begin.
+Beside it a heartbeat watches the run and renews the lease, and stops the work when the run is
+cancelled, expires, or this agent's claim is lost. Every write carries the claim's fencing token.
 """
 
 from __future__ import annotations
