@@ -28,6 +28,7 @@ run: $(RUN_STAMP)
 
 lint: $(TEST_STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # The whole suite, once on SQLite and once on PostgreSQL (pgserver, or CLICKY_CHATS_TEST_PG_DSN).
 test: lint test-sqlite test-postgres
