@@ -12,8 +12,8 @@ import asyncio
 import concurrent.futures
 import signal
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import openai
 import psycopg
@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import ALICE_KEY, DB_KIND, make_async_client, make_client
 from tests.fake_upstream import FakeUpstream, Reply, chat_chunk, text_stream
-from tests.harness import AgentProcess, Database, ServerProcess, _to_conninfo
+from tests.harness import AgentProcess, Database, ServerProcess, _to_conninfo, wait_until
 
 # The SDK marks the whole Assistants API deprecated; these tests exercise it on purpose.
 pytestmark = [
@@ -52,20 +52,6 @@ LOOKUP_TOOL = {
         "parameters": {"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]},
     },
 }
-
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], within_s: float, what: str) -> T:
-    """Polls `condition` until it returns something truthy; fails at the deadline."""
-    deadline = time.monotonic() + within_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {within_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def slow_answer(text: str, pieces: int, interval_s: float) -> Reply:
@@ -130,7 +116,7 @@ def wait_for_status(client: openai.OpenAI, thread_id: str, run_id: str, *statuse
         run = client.beta.threads.runs.retrieve(run_id, thread_id=thread_id)
         return run if run.status in statuses else None
 
-    return wait_for(reached, within_s, f"run {run_id} to become {' or '.join(statuses)}")
+    return wait_until(reached, within_s=within_s, what=f"run {run_id} to become {' or '.join(statuses)}")
 
 
 def assistant_messages(client: openai.OpenAI, thread_id: str) -> list[Any]:
@@ -216,7 +202,7 @@ def wait_for_partial_answer(client: openai.OpenAI, thread_id: str) -> Any:
         found = [m for m in assistant_messages(client, thread_id) if m.status == "in_progress" and text_of(m)]
         return found[0] if found else None
 
-    return wait_for(partial, 10, "the first agent to store part of its answer")
+    return wait_until(partial, within_s=10, what="the first agent to store part of its answer")
 
 
 # --- 1. an agent killed -------------------------------------------------------------------------
@@ -267,7 +253,7 @@ def test_an_agent_killed_after_requires_action_leaves_the_run_to_the_other(
     )
     assistant_id, thread_id = new_thread(fault_client, tools=[LOOKUP_TOOL])
     run = fault_client.beta.threads.runs.create(thread_id, assistant_id=assistant_id)
-    writer = wait_for(lambda: holder(fault_server, run.id, agents), 10, "an agent to claim the run")
+    writer = wait_until(lambda: holder(fault_server, run.id, agents), within_s=10, what="an agent to claim the run")
     run = wait_for_status(fault_client, thread_id, run.id, "requires_action", within_s=10)
     writer.signal(signal.SIGKILL)
     writer.process.wait(5)  # type: ignore[union-attr]
@@ -367,7 +353,11 @@ def test_an_agent_paused_past_its_lease_is_fenced_out_when_it_wakes(
         paused.signal(signal.SIGCONT)
     # Woken, the first agent still streams its stale answer and tries to write it: it must learn it
     # lost the run and write nothing.
-    wait_for(lambda: f"run {run.id}: lease lost" in paused.log(), 15, "the paused agent to notice its lost lease")
+    wait_until(
+        lambda: f"run {run.id}: lease lost" in paused.log(),
+        within_s=15,
+        what="the paused agent to notice its lost lease",
+    )
     assert "Traceback" not in paused.log()
     after = fault_client.beta.threads.runs.retrieve(run.id, thread_id=thread_id)
     assert (after.status, after.completed_at, after.usage) == ("completed", finished.completed_at, finished.usage)
@@ -505,14 +495,18 @@ def test_an_agent_paused_holding_the_run_row_lock_does_not_lock_its_successor_ou
         time.sleep(0.003)  # let it run a little, to land elsewhere next time
         return False
 
-    wait_for(pause_inside_a_write, 15, "to pause the agent while it holds the run's row lock")
+    wait_until(pause_inside_a_write, within_s=15, what="to pause the agent while it holds the run's row lock")
     try:
         finished = wait_for_status(fault_client, thread_id, run.id, *TERMINAL, within_s=TAKEOVER_S)
     finally:
         paused.signal(signal.SIGCONT)
     assert finished.status == "completed"
     assert_one_answer(fault_client, thread_id, run.id, "The second agent's answer.")
-    wait_for(lambda: f"run {run.id}: lease lost" in paused.log(), 15, "the paused agent to notice its lost lease")
+    wait_until(
+        lambda: f"run {run.id}: lease lost" in paused.log(),
+        within_s=15,
+        what="the paused agent to notice its lost lease",
+    )
     assert paused.process is not None and paused.process.poll() is None, paused.log()
     # However PostgreSQL's ending of the stalled session reaches it (a closed socket, or the 25P03
     # error first), the agent reconnects and is refused by the fence: no crash, no traceback.
@@ -604,7 +598,11 @@ def test_agents_reconnect_after_the_database_restarts(fake_upstream: FakeUpstrea
             database.stop_postgres()
             try:
                 for agent in started:
-                    wait_for(lambda a=agent: "database unavailable" in a.log(), 15, "each agent to lose the database")
+                    wait_until(
+                        lambda a=agent: "database unavailable" in a.log(),
+                        within_s=15,
+                        what="each agent to lose the database",
+                    )
             finally:
                 database.start_postgres()
             finished = wait_for_status(client, thread_id, first.id, *TERMINAL, within_s=30)
@@ -704,7 +702,11 @@ def test_a_second_sigterm_stops_the_agent_at_once(
     stopping = holder_of_partial_answer(fault_server, fault_client, thread_id, run.id, agents)
     claim = run_row(fault_server, run.id)["lease_owner"]
     stopping.signal(signal.SIGTERM)
-    wait_for(lambda: "finishing 1 run(s) before stopping" in stopping.log(), 10, "the agent to enter its grace period")
+    wait_until(
+        lambda: "finishing 1 run(s) before stopping" in stopping.log(),
+        within_s=10,
+        what="the agent to enter its grace period",
+    )
     stopping.signal(signal.SIGTERM)
     assert stopping.process is not None
     started_at = time.monotonic()

@@ -371,9 +371,12 @@ def test_step_events_list_and_stream(kit: RunKit, tools_server: ServerProcess) -
     assert other.status_code == 404 and other.json()["error"]["message"]
 
 
-def test_step_events_stream_live_while_a_tool_runs(kit: RunKit, tools_server: ServerProcess) -> None:
+def start_a_slow_tool(kit: RunKit, tools_server: ServerProcess, sleep_s: int) -> tuple[Any, Any]:
+    """A run whose model calls a command tool that sleeps `sleep_s` seconds; returns the run and
+    its tool_calls step once that step is listed (the tool is then starting or running)."""
     tool = create_tool(
-        tools_server, contents='Name: slow\nDescription: Takes its time\n\n#!/bin/sh\nsleep 2\necho "slept"\n'
+        tools_server,
+        contents=f'Name: slow\nDescription: Takes its time\n\n#!/bin/sh\nsleep {sleep_s}\necho "slept"\n',
     )
     assistant = assistant_with(kit, tool["id"])
     thread = kit.thread("Be slow.")
@@ -386,10 +389,14 @@ def test_step_events_stream_live_while_a_tool_runs(kit: RunKit, tools_server: Se
         steps = kit.runs.steps.list(run.id, thread_id=thread.id).data
         return next((s for s in steps if s.type == "tool_calls"), None)
 
-    step = wait_until(tool_step, what="the tool_calls step")
+    return run, wait_until(tool_step, what="the tool_calls step")
+
+
+def test_step_events_stream_live_while_a_tool_runs(kit: RunKit, tools_server: ServerProcess) -> None:
+    run, step = start_a_slow_tool(kit, tools_server, sleep_s=2)
     opened = time.time()
     streamed = sse_get(
-        tools_server, f"/v1/rubra/x/threads/{thread.id}/runs/{run.id}/steps/{step.id}/events?stream=true"
+        tools_server, f"/v1/rubra/x/threads/{run.thread_id}/runs/{run.id}/steps/{step.id}/events?stream=true"
     )
 
     assert [data["type"] for _name, data in streamed[:-1]] == ["callStart", "callFinish"]
@@ -402,21 +409,7 @@ def test_step_events_stream_live_while_a_tool_runs(kit: RunKit, tools_server: Se
 def test_a_slow_tools_start_is_listed_while_it_runs(kit: RunKit, tools_server: ServerProcess) -> None:
     """The agent holds a call's events back to write them with its output, but only briefly: a
     tool still running has its callStart listed before it finishes."""
-    tool = create_tool(
-        tools_server, contents='Name: slow\nDescription: Takes its time\n\n#!/bin/sh\nsleep 3\necho "slept"\n'
-    )
-    assistant = assistant_with(kit, tool["id"])
-    thread = kit.thread("Be slow.")
-    kit.fake.script(
-        "chat/completions", Reply.stream(tool_call_answer(("call_s", "slow", ["{}"]))), Reply.stream(answer("ok"))
-    )
-    run = kit.runs.create(thread_id=thread.id, assistant_id=assistant.id)
-
-    def tool_step() -> Any:
-        steps = kit.runs.steps.list(run.id, thread_id=thread.id).data
-        return next((s for s in steps if s.type == "tool_calls"), None)
-
-    step = wait_until(tool_step, what="the tool_calls step")
+    run, step = start_a_slow_tool(kit, tools_server, sleep_s=3)
 
     def started_only() -> bool:
         return [event["type"] for event in step_events(tools_server, run, step)] == ["callStart"]
