@@ -21,7 +21,9 @@ the ingestion hook an agent calls for a claimed store file instead of chunking a
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +41,10 @@ class KraError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+# Per dataset, while some ingestion holds or waits for it (agents run on one event loop per process).
+_dataset_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
 
 def dataset_of(store_id: str) -> str:
@@ -82,8 +88,12 @@ class KnowledgeRetrievalApi:
             raise KraError(f"The knowledge-retrieval-api answered {method} /{path} with something not JSON.") from None
 
     async def ensure_dataset(self, dataset: str) -> None:
-        if await self._call("GET", f"datasets/{dataset}", missing_ok=True) is None:
-            await self._call("POST", "datasets/create", {"id": dataset, "embed_dim": 0})
+        # A store's files are ingested side by side: one look-and-create per dataset at a time in
+        # this process, or a second create could reset what the first file had just put in.
+        lock = _dataset_locks.setdefault(dataset, asyncio.Lock())
+        async with lock:
+            if await self._call("GET", f"datasets/{dataset}", missing_ok=True) is None:
+                await self._call("POST", "datasets/create", {"id": dataset, "embed_dim": 0})
 
     async def ingest(self, dataset: str, file_id: str, filename: str, content: bytes) -> list[str]:
         """Sends one whole file; returns the ids of the documents the KRA made of it."""
