@@ -673,6 +673,16 @@ def open_keepalive_connections(proc: ServerProcess, count: int, timeout_s: float
     return connections
 
 
+def connections_by_worker(proc: ServerProcess, timeout_s: float = 10) -> dict[int, int]:
+    """Opens 32 keep-alive connections, answered, and says how many each worker process holds."""
+    connections = open_keepalive_connections(proc, 32, timeout_s=timeout_s)
+    try:
+        return connections_per_process(proc.process.pid, proc.port)  # type: ignore[union-attr]
+    finally:
+        for connection in connections:
+            connection.close()
+
+
 def is_running(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
@@ -771,10 +781,7 @@ def test_serve_sigterm_stops_every_worker_and_exits_0(database: Database, fake_u
     assert proc.process is not None
     try:
         tree = process_tree(proc.process.pid)
-        connections = open_keepalive_connections(proc, 32)
-        workers = list(connections_per_process(proc.process.pid, proc.port))
-        for connection in connections:
-            connection.close()
+        workers = list(connections_by_worker(proc))
     finally:
         returncode = proc.stop()
     assert returncode == 0, proc.log()
@@ -790,18 +797,12 @@ def test_serve_starts_a_new_worker_when_one_dies(database: Database, fake_upstre
     proc.start()
     assert proc.process is not None
     try:
-        connections = open_keepalive_connections(proc, 32)
-        victim, survivor = connections_per_process(proc.process.pid, proc.port)
-        for connection in connections:
-            connection.close()
+        victim, survivor = connections_by_worker(proc)
         os.kill(victim, signal.SIGKILL)
         wait_for_text(proc.log_path, f"Worker [{victim}] exited with -9; starting another.", 10)
         # Connections the kernel hashes to the dead worker's socket wait in its backlog for the
         # new worker (its start-up takes seconds), so every one of them is answered.
-        connections = open_keepalive_connections(proc, 32, timeout_s=60)
-        held = connections_per_process(proc.process.pid, proc.port)
-        for connection in connections:
-            connection.close()
+        held = connections_by_worker(proc, timeout_s=60)
         assert len(held) == 2 and survivor in held and victim not in held, held
     finally:
         returncode = proc.stop()
@@ -815,10 +816,7 @@ def test_serve_sighup_replaces_every_worker(database: Database, fake_upstream: F
     proc.start()
     assert proc.process is not None
     try:
-        connections = open_keepalive_connections(proc, 32)
-        old = list(connections_per_process(proc.process.pid, proc.port))
-        for connection in connections:
-            connection.close()
+        old = list(connections_by_worker(proc))
         assert len(old) == 2
         proc.process.send_signal(signal.SIGHUP)
         # Each new worker starts before its old one stops, so the port answers throughout.
@@ -827,10 +825,7 @@ def test_serve_sighup_replaces_every_worker(database: Database, fake_upstream: F
             assert_healthy(proc)
             time.sleep(0.2)
         assert wait_until_gone(old, 0) == [], proc.log()
-        connections = open_keepalive_connections(proc, 32)
-        new = connections_per_process(proc.process.pid, proc.port)
-        for connection in connections:
-            connection.close()
+        new = connections_by_worker(proc)
         assert len(new) == 2 and not set(new) & set(old), (old, new)
     finally:
         returncode = proc.stop()
