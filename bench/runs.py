@@ -48,7 +48,16 @@ import psycopg
 import requests
 import uvloop
 
-from bench.chat_proxy import Connection, Exchange, FakeProcess, NoiseMeter, machine_info, percentile, summary
+from bench.chat_proxy import (
+    Connection,
+    Exchange,
+    FakeProcess,
+    NoiseMeter,
+    machine_info,
+    percentile,
+    report,
+    summary,
+)
 from tests.harness import ROOT, AgentProcess, Database, ServerProcess, _to_conninfo
 
 BENCH_KEY = "sk-bench-runs"
@@ -820,14 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not phases:
         parser.error(f"unknown phases {sorted(unknown)}; choose from {', '.join(PHASES)}")
     results = run(QUICK_PLAN if options.quick else Plan(), phases)
-    print(table(results))
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    partial = options.output.with_suffix(".json.tmp")
-    partial.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
-    partial.replace(options.output)
-    print(f"results: {options.output}")
-    missed = [name for name, check in results["verdict"].items() if not check["met"]]
-    return 1 if options.strict and missed else 0
+    return report(results, table(results), options.output, strict=options.strict)
 
 
 if __name__ == "__main__":
