@@ -5,6 +5,7 @@ tier. Everything runs against real server processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -600,11 +601,27 @@ def test_runagent_starts_and_stops_on_sigterm(server: ServerProcess, tmp_path: P
     assert "agent stopped" in log_path.read_text()
 
 
-def test_serve_with_two_workers(database: Database, fake_upstream: FakeUpstream) -> None:
+def start_two_workers(database: Database, fake_upstream: FakeUpstream) -> ServerProcess:
     proc = ServerProcess(
         database, fake_upstream.base_url, env={"CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY}"}, workers=2
-    )
-    proc.start()
+    ).start()
+    assert proc.process is not None
+    return proc
+
+
+@contextlib.contextmanager
+def two_workers_exiting_0(database: Database, fake_upstream: FakeUpstream) -> Iterator[ServerProcess]:
+    """A two-worker server for the block; stopped after it, it must exit 0 (unless the block failed)."""
+    proc = start_two_workers(database, fake_upstream)
+    try:
+        yield proc
+    finally:
+        returncode = proc.stop()
+    assert returncode == 0, proc.log()
+
+
+def test_serve_with_two_workers(database: Database, fake_upstream: FakeUpstream) -> None:
+    proc = start_two_workers(database, fake_upstream)
     try:
         with make_client(proc) as sdk:
             for index in range(12):
@@ -728,9 +745,7 @@ def test_an_answer_head_and_body_arrive_in_one_segment(server: ServerProcess) ->
 
 @pytest.fixture(scope="module")
 def two_workers(database: Database, fake_upstream: FakeUpstream) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        database, fake_upstream.base_url, env={"CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY}"}, workers=2
-    ).start()
+    proc = start_two_workers(database, fake_upstream)
     yield proc
     proc.stop()
 
@@ -774,29 +789,16 @@ def test_serve_on_a_port_in_use_is_a_one_line_error(request: pytest.FixtureReque
 
 
 def test_serve_sigterm_stops_every_worker_and_exits_0(database: Database, fake_upstream: FakeUpstream) -> None:
-    proc = ServerProcess(
-        database, fake_upstream.base_url, env={"CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY}"}, workers=2
-    )
-    proc.start()
-    assert proc.process is not None
-    try:
+    with two_workers_exiting_0(database, fake_upstream) as proc:
         tree = process_tree(proc.process.pid)
         workers = list(connections_by_worker(proc))
-    finally:
-        returncode = proc.stop()
-    assert returncode == 0, proc.log()
     assert len(workers) == 2
     assert wait_until_gone(tree, 10) == []
     assert proc.log().count("Finished server process") == 2  # both shut down, not killed
 
 
 def test_serve_starts_a_new_worker_when_one_dies(database: Database, fake_upstream: FakeUpstream) -> None:
-    proc = ServerProcess(
-        database, fake_upstream.base_url, env={"CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY}"}, workers=2
-    )
-    proc.start()
-    assert proc.process is not None
-    try:
+    with two_workers_exiting_0(database, fake_upstream) as proc:
         victim, survivor = connections_by_worker(proc)
         os.kill(victim, signal.SIGKILL)
         wait_for_text(proc.log_path, f"Worker [{victim}] exited with -9; starting another.", 10)
@@ -804,18 +806,10 @@ def test_serve_starts_a_new_worker_when_one_dies(database: Database, fake_upstre
         # new worker (its start-up takes seconds), so every one of them is answered.
         held = connections_by_worker(proc, timeout_s=60)
         assert len(held) == 2 and survivor in held and victim not in held, held
-    finally:
-        returncode = proc.stop()
-    assert returncode == 0, proc.log()
 
 
 def test_serve_sighup_replaces_every_worker(database: Database, fake_upstream: FakeUpstream) -> None:
-    proc = ServerProcess(
-        database, fake_upstream.base_url, env={"CLICKY_CHATS_API_KEYS": f"alice:{ALICE_KEY}"}, workers=2
-    )
-    proc.start()
-    assert proc.process is not None
-    try:
+    with two_workers_exiting_0(database, fake_upstream) as proc:
         old = list(connections_by_worker(proc))
         assert len(old) == 2
         proc.process.send_signal(signal.SIGHUP)
@@ -827,9 +821,6 @@ def test_serve_sighup_replaces_every_worker(database: Database, fake_upstream: F
         assert wait_until_gone(old, 0) == [], proc.log()
         new = connections_by_worker(proc)
         assert len(new) == 2 and not set(new) & set(old), (old, new)
-    finally:
-        returncode = proc.stop()
-    assert returncode == 0, proc.log()
     assert "did not start in time" not in proc.log()
 
 
